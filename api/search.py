@@ -1,0 +1,153 @@
+"""POST /search/memory: fast, fine and mixture modes over the search and reranker queues, bounded in time.
+
+- fast: one task on the search queue.
+- fine: a chain on the queues, search.fast (wider candidate set) | reranker.rerank.
+- mixture: both at once; the answer leaves at MIXTURE_DEADLINE_MS with the fine results merged if they arrived,
+  else the fast ones. A late fine answer is cached by the reranker and used by the next search of the same
+  conversation. The deadline is a hard bound: we wait on results with timeouts, never on a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.result import AsyncResult
+from flask import Blueprint, Response, current_app, g
+
+from api import ok
+from api.common import body, settings
+from api.common import celery as celery_app
+from api.errors import SEARCH_FAILED, TIMEOUT, ApiError
+from memos_pipeline.config import Settings
+from memos_pipeline.rerank import merge_fine_into_fast, mixture_cache_key
+from memos_pipeline.retrieval import PREFERENCE_NOTE
+from memos_pipeline.schemas import SearchJob, SearchRequest
+
+bp = Blueprint("search", __name__)
+FINE_CANDIDATES = 30  # fast candidates handed to the reranker: recall@30 is far above recall@10
+
+
+def _fast(app: Celery, job: SearchJob, expires: float) -> AsyncResult:
+    # expires: a search nobody waits for any more is dropped by the worker instead of being computed.
+    return app.send_task("memos.search.fast", args=[job.model_dump(mode="json")], expires=expires,
+                         headers={"trace_id": job.trace_id})  # fmt: skip
+
+
+def _fine(app: Celery, job: SearchJob, expires: float, cache: bool) -> AsyncResult:
+    """search.fast over a wide candidate set | reranker.rerank. The chain's parent is that fast search: mixture
+    uses it as its fast answer too, so a mixture search costs one search task, not two."""
+    wide = job.model_copy(update={"top_k": max(job.top_k, FINE_CANDIDATES)})
+    chain = app.signature("memos.search.fast", args=[wide.model_dump(mode="json")], expires=expires) | app.signature(
+        "memos.reranker.rerank", args=[job.model_dump(mode="json")], kwargs={"cache": cache}, expires=expires
+    )
+    return chain.apply_async()  # type: ignore[no-any-return]
+
+
+def _get(result: AsyncResult, timeout: float) -> dict[str, Any] | None:
+    """The task's output, or None when it did not arrive in time; a worker error becomes a 502.
+
+    We poll ``ready()`` instead of ``get(timeout=...)``: the Redis result backend checks the timeout only between
+    its 1-second drain steps, so get() can overshoot a 300 ms deadline by most of a second.
+    """
+    deadline = time.monotonic() + max(timeout, 0.0)
+    pause = 0.001
+    while not result.ready():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.005)
+    try:
+        return result.get(timeout=1.0, propagate=True)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise ApiError(
+            502, SEARCH_FAILED, f"search: the search worker failed: {type(exc).__name__}: {exc}"[:500]
+        ) from None
+
+
+def _redis(cfg: Settings) -> redis.Redis:
+    client = current_app.extensions.get("memos_redis")
+    if client is None:
+        client = current_app.extensions["memos_redis"] = redis.Redis.from_url(cfg.redis_url, socket_timeout=0.05)
+    return client
+
+
+def _mixture(cfg: Settings, app: Celery, job: SearchJob) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    budget = cfg.mixture_deadline_ms / 1000
+    deadline = time.monotonic() + budget
+    # The chain outlives the deadline on purpose: a late fine answer is cached for the next search.
+    fine_r = _fine(app, job, cfg.search_timeout_s, cache=True)
+    key = mixture_cache_key(str(job.tenant_id), job.user_id, job.conversation_id)
+    try:
+        cached_raw = _redis(cfg).get(key)
+    except redis.RedisError:
+        cached_raw = None  # the cache is an optimisation: never a reason to miss the deadline
+    info: dict[str, Any] = {"mode": "mixture"}
+    try:
+        fast_out = _get(fine_r.parent, deadline - time.monotonic())
+    except ApiError as exc:
+        fast_out, info["fast_error"] = None, exc.message
+    try:
+        fine_out = _get(fine_r, deadline - time.monotonic()) if fast_out is not None else None
+    except ApiError as exc:  # a broken reranker must not break mixture: answer with what we have
+        fine_out, info["fine_error"] = None, exc.message
+    info["fine_arrived"] = fine_out is not None
+    cached = json.loads(cached_raw) if cached_raw else None
+    if fast_out is None and fine_out is None and cached is None:
+        info["partial"] = True
+        if "fast_error" in info:
+            raise ApiError(502, SEARCH_FAILED, info["fast_error"])
+        return None, info
+    base: dict[str, Any] = fine_out or fast_out or {"memories": [], "preferences": [], "timings_ms": {}}
+    memories = (fast_out or {"memories": []})["memories"][: job.top_k]
+    if fine_out is not None:
+        memories = merge_fine_into_fast(memories, fine_out["memories"], job.top_k)
+    elif cached is not None:
+        # A late fine answer from this conversation's previous search: reranked for that query, so it ranks
+        # first only if the query is the same; otherwise its memories fill places the fast list left open.
+        stale = [{**m, "stale": True} for m in cached["memories"]]
+        same = cached.get("query") == job.query
+        memories = (
+            merge_fine_into_fast(memories, stale, job.top_k)
+            if same
+            else merge_fine_into_fast(stale, memories, job.top_k)
+        )
+        info["merged_cached_fine"] = True
+    return {**base, "memories": memories}, info
+
+
+@bp.post("/search/memory")
+def search_memory() -> tuple[Response, int]:
+    cfg = settings()
+    req = body(SearchRequest)
+    job = SearchJob(
+        tenant_id=g.tenant_id, user_id=req.user_id, query=req.query, conversation_id=req.conversation_id,
+        top_k=req.top_k, pref_top_k=req.pref_top_k if cfg.enable_preference_memory else 0,
+        include_preference=req.include_preference and cfg.enable_preference_memory, filters=req.filters,
+        channels=req.channels, trace_id=g.request_id,
+    )  # fmt: skip
+    app, mode = celery_app(), req.mode or cfg.search_mode
+    info: dict[str, Any] = {"mode": mode}
+    if mode == "mixture":
+        out, info = _mixture(cfg, app, job)
+    else:
+        result = (
+            _fast(app, job, cfg.search_timeout_s) if mode == "fast" else _fine(app, job, cfg.search_timeout_s, False)
+        )
+        out = _get(result, cfg.search_timeout_s)
+        if out is None:
+            raise ApiError(504, TIMEOUT, f"search: no answer from the {mode} path within {cfg.search_timeout_s}s")
+        info["reranked"] = bool(out.get("reranked", False))
+    memories = out["memories"] if out else []
+    prefs = out["preferences"] if out else []
+    return ok({
+        "memory_detail_list": memories,
+        "preference_detail_list": prefs,
+        "preference_note": PREFERENCE_NOTE if prefs else "",
+        "search": info,
+        "timings_ms": out["timings_ms"] if out else {},
+    })  # fmt: skip

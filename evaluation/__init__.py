@@ -1,0 +1,1 @@
+"""Benchmarks and quality harnesses (bench, LoCoMo, PrefEval); each prints JSON."""

@@ -1,0 +1,600 @@
+"""``memos-pipeline bench``: the write and read paths end to end, over real HTTP, on a stack of its own.
+
+One run, self-contained: it starts the database (if embedded), workers, relay and the gunicorn API on its own
+queue prefix, port, database and BM25 directory (so it never mixes with a running ``up``, whose indexer holds the
+BM25 writer lock), then measures, in this order:
+
+1. **flood**: ``messages`` messages in adds of ``per_add`` from a few client threads (one conversation each):
+   ``add_ack_ms`` and, once every ingest is done, ``ingest_msgs_per_s``;
+2. **idle probes**: single adds on the drained pipeline, each carrying a unique marker word, then back-to-back
+   searches for the marker until a memory whose ``sources`` hold the marked message comes back:
+   ``time_to_searchable_ms``;
+3. **search**: realistic queries one at a time on the idle pipeline: ``search_fast_ms``;
+4. **in process** (still idle, so the bench's own embedder does not compete with the workers for the cores):
+   ``search_floor_ms`` (embed + one raw pgvector top-k query) and ``embed_only_msgs_per_s`` on exactly the window
+   texts the chunker embedded.
+
+Everything it created (database, queues, BM25 directory) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import os
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import bindparam, text
+from tqdm import tqdm
+
+from evaluation.texts import ConversationGenerator
+from memos_pipeline import pgserver, store
+from memos_pipeline.chunking import Turn, window_turns
+from memos_pipeline.config import Settings
+from memos_pipeline.db import get_engine, session_scope
+from memos_pipeline.embedders import Embedder, get_embedder
+from memos_pipeline.models import EMBEDDING_DIM
+
+USER_ID = "bench_user"
+TOP_K = 10
+CLIENT_THREADS = 4
+WARMUP_SEARCHES = 5
+HTTP_TIMEOUT_S = 30.0
+SEARCHABLE_TIMEOUT_S = 120.0
+OTHER_CPU = "other (other users; shared postgres/system processes)"
+
+Latency = dict[str, float | int | None]
+
+
+def latency(samples_ms: Sequence[float]) -> Latency:
+    """p50/p99 in milliseconds (linear interpolation) and the sample count."""
+    if not samples_ms:
+        return {"p50": None, "p99": None, "n": 0}
+    arr = np.asarray(samples_ms, dtype=np.float64)
+    return {"p50": round(float(np.percentile(arr, 50)), 2), "p99": round(float(np.percentile(arr, 99)), 2),
+            "n": len(samples_ms)}  # fmt: skip
+
+
+class Api:
+    """JSON POSTs to the API, one ``requests.Session`` (keep-alive connection) per calling thread."""
+
+    def __init__(self, base: str, key: str) -> None:
+        self.base = base
+        self._headers = {"Authorization": f"Token {key}"}
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers.update(self._headers)
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def post(self, path: str, body: dict[str, Any], expect: int = 200) -> tuple[float, dict[str, Any]]:
+        """(round trip in ms until the whole response is read, the envelope's ``data``)."""
+        t0 = time.perf_counter()
+        r = self._session().post(self.base + path, json=body, timeout=HTTP_TIMEOUT_S)
+        ms = (time.perf_counter() - t0) * 1000
+        if r.status_code != expect:
+            raise RuntimeError(f"POST {path}: HTTP {r.status_code} (expected {expect}): {r.text[:300]}")
+        data: dict[str, Any] = r.json()["data"]
+        return ms, data
+
+    def add(self, conversation_id: str, messages: list[dict[str, Any]]) -> tuple[float, str]:
+        ms, data = self.post("/add/message", {"user_id": USER_ID, "conversation_id": conversation_id,
+                                              "messages": messages}, expect=202)  # fmt: skip
+        return ms, str(data["ingest_id"])
+
+    def search(self, query: str) -> tuple[float, dict[str, Any]]:
+        return self.post("/search/memory", {"user_id": USER_ID, "query": query, "top_k": TOP_K})
+
+    def close(self) -> None:
+        for s in self._sessions:
+            s.close()
+
+
+@dataclass(frozen=True)
+class Add:
+    conversation_id: str
+    messages: list[dict[str, Any]]
+    context: list[dict[str, Any]]  # the turns before it in its conversation, which the chunker stitches on
+
+
+def plan_adds(gen: ConversationGenerator, messages: int, per_add: int, conversations: int, overlap: int) -> list[Add]:
+    """ceil(messages / per_add) adds dealt round-robin over ``conversations``, each conversation in order."""
+    sizes = [per_add] * (messages // per_add) + ([messages % per_add] if messages % per_add else [])
+    adds: list[Add] = []
+    for c in range(conversations):
+        conv = f"conv-{c:02d}"
+        mine = sizes[c::conversations]
+        msgs, start = gen.conversation(conv, sum(mine)), 0
+        for size in mine:
+            adds.append(Add(conv, msgs[start : start + size], msgs[max(0, start - overlap) : start]))
+            start += size
+    return adds
+
+
+def _turns(messages: Iterable[dict[str, Any]]) -> list[Turn]:
+    return [Turn(m["id"], m["id"], m["role"], m["content"], m.get("name"), m.get("chat_time")) for m in messages]
+
+
+def window_texts(settings: Settings, add: Add) -> list[str]:
+    """The texts the chunker embeds for this add (same windowing and context as ``pipeline.chunk_ingest``)."""
+    windows = window_turns(_turns(add.messages), size=settings.chunk_turns, overlap=settings.chunk_overlap,
+                           context=_turns(add.context))  # fmt: skip
+    return [w.text for w in windows]
+
+
+# ---------------------------------------------------------------- the HTTP phases
+
+
+def flood(api: Api, adds: list[Add], bar: tqdm[Any]) -> tuple[list[float], list[str], float]:
+    """Every add, one client thread per conversation sending back to back: (ack ms, ingest ids, first send)."""
+    acks, ids, sent = [0.0] * len(adds), [""] * len(adds), [0.0] * len(adds)
+    groups: dict[str, list[int]] = {}
+    for i, add in enumerate(adds):
+        groups.setdefault(add.conversation_id, []).append(i)
+
+    def client(indexes: list[int]) -> None:
+        for i in indexes:
+            sent[i] = time.time()
+            acks[i], ids[i] = api.add(adds[i].conversation_id, adds[i].messages)
+            bar.update()
+
+    with cf.ThreadPoolExecutor(len(groups), thread_name_prefix="bench-client") as pool:
+        for f in [pool.submit(client, g) for g in groups.values()]:
+            f.result()
+    return acks, ids, min(sent)
+
+
+def wait_done(
+    settings: Settings, ingest_ids: list[str], timeout_s: float, bar: tqdm[Any] | None = None, poll_s: float = 0.02
+) -> float:
+    """Poll Postgres until every ingest is done; the wall-clock time the last one finished (``finished_at``, so
+    the poll interval does not blur it). Raises on failure."""
+    ids = [uuid.UUID(i) for i in ingest_ids]
+    sql = text("SELECT count(*) FILTER (WHERE status IN ('done', 'failed')), count(*) FILTER (WHERE status = "
+               "'failed'), extract(epoch FROM max(finished_at)) FROM ingests WHERE id = ANY(:ids)")  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    with get_engine(settings).connect() as conn:
+        while True:
+            done, failed, last = conn.execute(sql, {"ids": ids}).one()
+            conn.rollback()  # a fresh snapshot each poll
+            if bar is not None:
+                bar.update(done - bar.n)
+            if failed:
+                raise RuntimeError(f"{failed} of {len(ids)} ingests failed; see their stages in /get/status")
+            if done == len(ids):
+                return float(last)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {done} of {len(ids)} ingests done after {timeout_s:.0f}s")
+            time.sleep(poll_s)
+
+
+def probe_searchable(
+    api: Api, settings: Settings, gen: ConversationGenerator, probes: int, per_add: int, bar: tqdm[Any]
+) -> tuple[list[float], list[float], list[int], list[str]]:
+    """Idle-pipeline adds with a marker: (ms from 202 to a search returning it, ack ms, polls, ingest ids)."""
+    found_ms, acks, polls, ids = [], [], [], []
+    for i in range(probes):
+        messages, marker, target = gen.probe(i, per_add)
+        ack, ingest_id = api.add("live", messages)
+        accepted = time.perf_counter()
+        n = 0
+        while True:
+            _, data = api.search(marker)
+            n += 1
+            if any(target in m["sources"] for m in data["memory_detail_list"]):
+                found_ms.append((time.perf_counter() - accepted) * 1000)
+                break
+            if time.perf_counter() - accepted > SEARCHABLE_TIMEOUT_S:
+                _, status = api.post("/get/status", {"ingest_id": ingest_id})
+                raise RuntimeError(f"probe {i}: marker {marker} not searchable after {SEARCHABLE_TIMEOUT_S}s "
+                                   f"({n} searches); ingest {ingest_id} is {status['status']}: {status['stages']}")  # fmt: skip
+        acks.append(ack)
+        polls.append(n)
+        ids.append(ingest_id)
+        wait_done(settings, [ingest_id], SEARCHABLE_TIMEOUT_S)  # the next probe starts on an idle pipeline again
+        bar.update()
+    return found_ms, acks, polls, ids
+
+
+def search_fast(api: Api, queries: list[str], n: int, bar: tqdm[Any]) -> tuple[list[float], dict[str, Any]]:
+    """``n`` searches one at a time, after a few unrecorded warm-ups: (round trips in ms, where the time went)."""
+    for q in queries[:WARMUP_SEARCHES]:
+        api.search(q)
+    out: list[float] = []
+    steps: dict[str, list[float]] = {}
+    hits = 0
+    for i in range(n):
+        ms, data = api.search(queries[i % len(queries)])
+        out.append(ms)
+        hits += len(data["memory_detail_list"])
+        timings: dict[str, float] = data.get("timings_ms") or {}
+        for step, step_ms in timings.items():
+            steps.setdefault(step, []).append(float(step_ms))
+        # What the worker's own steps do not account for: HTTP, API, broker, result backend, task overhead.
+        steps.setdefault("outside_worker_steps", []).append(ms - sum(timings.values()))
+        bar.update()
+    return out, {"mean_results": round(hits / max(n, 1), 2), "steps_ms": {k: latency(v) for k, v in steps.items()}}
+
+
+# ---------------------------------------------------------------- the in-process phases (pipeline idle)
+
+
+def search_floor(
+    settings: Settings, embedder: Embedder, tenant_id: uuid.UUID, queries: list[str], n: int
+) -> list[float]:
+    """Embed the query + one raw pgvector top-k query, on the same database: what no search can beat."""
+    sql = text(
+        "SELECT id FROM memories WHERE tenant_id = :tenant AND user_id = :user AND status = 'activated' "
+        "ORDER BY embedding <=> :q LIMIT :k"
+    ).bindparams(bindparam("q", type_=Vector(EMBEDDING_DIM)))
+    out: list[float] = []
+    with get_engine(settings).connect() as conn:
+        for i in range(-WARMUP_SEARCHES, n):
+            q = queries[i % len(queries)]
+            t0 = time.perf_counter()
+            vec = embedder.embed([q])[0]
+            rows = conn.execute(sql, {"tenant": tenant_id, "user": USER_ID, "q": vec, "k": TOP_K}).all()
+            ms = (time.perf_counter() - t0) * 1000
+            if not rows:
+                raise RuntimeError("search floor: the pgvector query returned nothing")
+            if i >= 0:
+                out.append(ms)
+        conn.rollback()
+    return out
+
+
+def embed_only(settings: Settings, embedder: Embedder, per_add_texts: list[list[str]]) -> tuple[float, float]:
+    """Seconds to embed the windows add by add (as the chunker does), and all of them in batches."""
+    embedder.embed(per_add_texts[0])  # warm
+    t_add = 0.0
+    for texts in per_add_texts:
+        t0 = time.perf_counter()
+        embedder.embed(texts)
+        t_add += time.perf_counter() - t0
+    flat = [t for texts in per_add_texts for t in texts]
+    bs = settings.embed_batch_size
+    t0 = time.perf_counter()
+    for i in range(0, len(flat), bs):
+        embedder.embed(flat[i : i + bs])
+    return t_add, time.perf_counter() - t0
+
+
+def stored_window_texts(settings: Settings, ingest_ids: list[str]) -> Counter[str]:
+    sql = text("SELECT memory_value FROM memories WHERE ingest_id = ANY(:ids) AND kind = 'raw'")
+    with get_engine(settings).connect() as conn:
+        return Counter(r[0] for r in conn.execute(sql, {"ids": [uuid.UUID(i) for i in ingest_ids]}))
+
+
+def stage_timings(settings: Settings, ingest_ids: list[str]) -> dict[str, Any]:
+    """Per-stage latencies from ``ingests.stages`` (queue waits, chunker embed vs the rest, indexer), and how busy
+    each single-process stage was over the ingests' wall time (near 1.0: that stage is the bottleneck)."""
+    sql = text("SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at), stages FROM ingests "
+               "WHERE id = ANY(:ids)")  # fmt: skip
+    with get_engine(settings).connect() as conn:
+        rows = conn.execute(sql, {"ids": [uuid.UUID(i) for i in ingest_ids]}).all()
+
+    def ts(iso: str) -> float:
+        return dt.datetime.fromisoformat(iso).timestamp()
+
+    cols: dict[str, list[float]] = {k: [] for k in ("chunker_queue_wait", "chunker", "chunker_embed",
+                                                    "chunker_other", "indexer_queue_wait", "indexer",
+                                                    "accepted_to_done")}  # fmt: skip
+    for created, finished, stages in rows:
+        c, x = stages.get("chunker", {}), stages.get("indexer", {})
+        try:  # a stage without timings (skipped, recovered by hand) is left out rather than failing the run
+            row = {
+                "chunker_queue_wait": (ts(c["started_at"]) - float(created)) * 1000,
+                "chunker": float(c["ms"]),
+                "chunker_embed": float(c["embed_ms"]),
+                "chunker_other": float(c["ms"]) - float(c["embed_ms"]),
+                "indexer_queue_wait": (ts(x["started_at"]) - ts(c["finished_at"])) * 1000,
+                "indexer": float(x["ms"]),
+                "accepted_to_done": (float(finished) - float(created)) * 1000,
+            }
+        except (KeyError, TypeError, ValueError):
+            continue
+        for k, v in row.items():
+            cols[k].append(v)
+    out: dict[str, Any] = {k: latency(v) for k, v in cols.items()}
+    wall_ms = (max(float(r[1]) for r in rows) - min(float(r[0]) for r in rows)) * 1000 if rows else 0.0
+    if wall_ms > 0:
+        out["busy_fraction"] = {k: round(sum(cols[k]) / wall_ms, 3) for k in ("chunker", "chunker_embed", "indexer")}
+    return out
+
+
+# ---------------------------------------------------------------- where the CPU went (Linux /proc)
+
+
+def _proc_cpu() -> dict[int, tuple[int, str, float]]:
+    """pid -> (ppid, command name, CPU seconds so far) for every process we can read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[int, str, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        comm, fields = raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
+        out[int(entry.name)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds all cores spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds per phase, split by process: the bench itself, each stack process (with its children), this
+    run's Postgres backends, the broker and Redis, and everything else on the machine (other users' load, which
+    makes the run's numbers pessimistic when it is large)."""
+
+    def __init__(self, roots: dict[str, int], db_backends: Callable[[], list[int]]) -> None:
+        self.roots, self.db_backends = roots, db_backends
+        self.phases: dict[str, dict[str, Any]] = {}
+        self._t, self._busy, self._procs = time.monotonic(), _busy_cpu_s(), _proc_cpu()
+
+    def _groups(self, procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        owner: dict[int, str] = {}
+        for name, root in self.roots.items():
+            stack = [root]
+            while stack:
+                pid = stack.pop()
+                owner.setdefault(pid, name)
+                stack.extend(children.get(pid, []))
+        for pid in self.db_backends():
+            owner.setdefault(pid, "postgres (this run)")
+        for pid, (_, comm, _) in procs.items():
+            if comm in ("beam.smp", "redis-server"):
+                owner.setdefault(pid, "rabbitmq+redis")
+        return owner
+
+    def phase(self, name: str) -> None:
+        """Close the phase that began at the previous call (or at construction)."""
+        t, busy, procs = time.monotonic(), _busy_cpu_s(), _proc_cpu()
+        owner = self._groups(procs)
+        by: dict[str, float] = {}
+        for pid, (_, _, cpu) in procs.items():
+            if pid in owner:
+                by[owner[pid]] = by.get(owner[pid], 0.0) + cpu - self._procs.get(pid, (0, "", 0.0))[2]
+        wall = t - self._t
+        by[OTHER_CPU] = max(0.0, busy - self._busy - sum(by.values()))
+        self.phases[name] = {"wall_s": round(wall, 2), "cpu_capacity_s": round(wall * (os.cpu_count() or 1), 2),
+                             "busy_s": round(busy - self._busy, 2),
+                             "by_process_s": {k: round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])}}  # fmt: skip
+        self._t, self._busy, self._procs = t, busy, procs
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _db_backends(settings: Settings) -> list[int]:
+    """Server pids of the connections to this run's own database (local embedded server only)."""
+    with get_engine(settings).connect() as conn:
+        return [
+            int(r[0]) for r in conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
+        ]
+
+
+def _delete_topology(settings: Settings) -> None:
+    """Remove the run's queues and exchanges from the broker (best effort)."""
+    from memos_pipeline.celery_app import dead_letter_exchange, declared_queues, exchange, make_celery
+
+    try:
+        with make_celery(settings).connection_for_write() as conn:
+            channel = conn.default_channel
+            for q in declared_queues(settings):
+                channel.queue_delete(q.name)
+            for ex in (exchange(settings), dead_letter_exchange(settings)):
+                channel.exchange_delete(ex.name)
+    except Exception as exc:
+        print(f"bench: could not delete the run's queues: {exc}", file=sys.stderr)
+
+
+def _contention_warnings(phases: dict[str, dict[str, Any]], threshold: float = 0.1) -> list[str]:
+    out = []
+    for name, ph in phases.items():
+        other = ph["by_process_s"].get(OTHER_CPU, 0.0)
+        if ph["cpu_capacity_s"] and other / ph["cpu_capacity_s"] > threshold:
+            out.append(f"WARNING: other processes on this machine used {other / ph['cpu_capacity_s']:.0%} of the CPU "
+                       f"during '{name}': the numbers of that phase are pessimistic.")  # fmt: skip
+    return out
+
+
+def _target(value: float | None, op: str, bound: float) -> dict[str, Any]:
+    reached = value is not None and (value <= bound if op == "<=" else value >= bound)
+    return {"target": f"{op} {bound}", "value": None if value is None else round(value, 3), "reached": reached}
+
+
+def _ratio(a: float | int | None, b: float | int | None) -> float | None:
+    return float(a) / float(b) if a is not None and b else None
+
+
+def run_bench(
+    settings: Settings, messages: int = 2000, per_add: int = 10, progress: bool = True, *,
+    probes: int | None = None, searches: int = 200, seed: int = 7,
+) -> dict[str, Any]:  # fmt: skip
+    """Run every phase on a fresh stack and return the results (see the module docstring)."""
+    from memos_pipeline.cli.stack import CORE_QUEUES, Stack
+
+    if messages < 1 or per_add < 1:
+        raise ValueError("messages and per_add must be >= 1")
+    run, load_start = secrets.token_hex(3), list(os.getloadavg())
+    tmp = Path(tempfile.mkdtemp(prefix=f"memos-bench-{run}-"))
+    # The per-key rate limit stays on (its Redis round trip is part of every request) but high enough that the
+    # bench's own polling never trips it.
+    base = settings.with_overrides(queue_prefix=f"bench{run}.", api_port=_free_port(settings.api_host),
+                                   bm25_path=tmp / "bm25",
+                                   rate_limit_per_min=settings.rate_limit_per_min and 10_000_000)  # fmt: skip
+    own_db, started_pg, cfg = f"memos_bench_{run}", False, base
+    queues = [*CORE_QUEUES, "memreader", "preference"] if base.llm_enabled else list(CORE_QUEUES)
+    gen = ConversationGenerator(seed)
+    adds = plan_adds(gen, messages, per_add, min(CLIENT_THREADS, -(-messages // per_add)), base.chunk_overlap)
+    n_probes = probes if probes is not None else max(3, min(30, len(adds) // 2))
+    queries = gen.queries(50)
+    bars: dict[str, Any] = {"file": sys.stderr, "disable": not progress, "leave": True}
+    api: Api | None = None
+    stack: Stack | None = None
+    try:
+        if base.embedded_db:  # a database of its own: same corpus size every run, nothing left in the user's data
+            started_pg = pgserver.start(base)
+            pgserver.ensure_database(base, own_db)
+            cfg = base.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{base.pg_port}/{own_db}")
+        stack = Stack(cfg, queues=queues, quiet=True)
+        t_start = time.perf_counter()
+        stack.start()
+        stack.wait_ready(timeout=180)
+        with session_scope(cfg) as s:
+            tenant_id, key = store.create_api_key(s, f"bench-{run}", "memos-pipeline bench")
+        api = Api(f"http://{cfg.api_host}:{cfg.api_port}", key)
+        _, warm_id = api.add("warmup", gen.conversation("warmup", per_add))  # pools, auth cache, BM25 reader
+        wait_done(cfg, [warm_id], 60)
+        startup_s = time.perf_counter() - t_start
+        roots = {name: p.pid for name, p in stack.procs}
+        cpu = CpuMeter({**roots, "bench (clients + in-process)": os.getpid()},
+                       (lambda: _db_backends(cfg)) if cfg is not base else list)  # fmt: skip
+
+        with tqdm(total=len(adds), desc="add (flood)", unit="add", **bars) as bar:
+            acks, ingest_ids, first_sent = flood(api, adds, bar)
+        cpu.phase("flood: sending adds")
+        with tqdm(total=len(adds), desc="ingest", unit="add", **bars) as bar:
+            last_done = wait_done(cfg, ingest_ids, 120 + messages * 0.5, bar, poll_s=0.25)
+        cpu.phase("flood: draining after the last 202")
+        ingest_s = last_done - first_sent
+        with tqdm(total=n_probes, desc="time to searchable (idle)", unit="add", **bars) as bar:
+            tts, probe_acks, polls, probe_ids = probe_searchable(api, cfg, gen, n_probes, per_add, bar)
+        cpu.phase("idle probes (time to searchable)")
+        with tqdm(total=searches, desc="search (HTTP)", unit="q", **bars) as bar:
+            search_ms, search_detail = search_fast(api, queries, searches, bar)
+        cpu.phase("search over HTTP")
+
+        embedder = get_embedder(cfg)  # loaded only now: the pipeline is idle, nothing competes for the cores
+        floor_ms = search_floor(cfg, embedder, tenant_id, queries, searches)
+        per_add_texts = [window_texts(cfg, a) for a in adds]
+        texts_match = stored_window_texts(cfg, ingest_ids) == Counter(t for ts in per_add_texts for t in ts)
+        t_add, t_batched = embed_only(cfg, embedder, per_add_texts)
+        cpu.phase("in process: search floor + embed only")
+        flood_stages, probe_stages = stage_timings(cfg, ingest_ids), stage_timings(cfg, probe_ids)
+    finally:
+        if api is not None:
+            api.close()
+        if stack is not None:
+            stack.stop(stop_db=False)
+            _delete_topology(cfg)
+        if cfg is not base:
+            get_engine(cfg).dispose()
+            pgserver.drop_database(base, own_db)
+        if started_pg:
+            pgserver.stop(base)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ack, searchable, search, floor = latency(acks), latency(tts), latency(search_ms), latency(floor_ms)
+    ingest_rate = messages / ingest_s
+    embed_rate, batched_rate = messages / t_add, messages / t_batched
+    return {
+        "config": {
+            "messages": messages,
+            "per_add": per_add,
+            "adds": len(adds),
+            "windows": sum(map(len, per_add_texts)),
+            "client_threads": len({a.conversation_id for a in adds}),
+            "probes": n_probes,
+            "searches": searches,
+            "top_k": TOP_K,
+            "cpu_count": os.cpu_count(),
+            "chunk_turns": cfg.chunk_turns,
+            "chunk_overlap": cfg.chunk_overlap,
+            "embed_batch_size": cfg.embed_batch_size,
+            "embedder": embedder.name,
+            "torch_threads": cfg.torch_threads or "default",
+            "queues": queues,
+            "api_workers": cfg.api_workers,
+            "api_threads": cfg.api_threads,
+            "bm25_call": cfg.bm25_call,
+            "fusion": cfg.fusion,
+            "seed": seed,
+            "startup_s": round(startup_s, 2),
+        },
+        "add_ack_ms": ack,
+        "time_to_searchable_ms": searchable,
+        "search_fast_ms": search,
+        "search_floor_ms": floor,
+        "ingest_msgs_per_s": round(ingest_rate, 1),
+        "embed_only_msgs_per_s": round(embed_rate, 1),
+        "embed_only_batched_msgs_per_s": round(batched_rate, 1),
+        "targets": {
+            "add_ack_p99_ms": _target(ack["p99"], "<=", 20),
+            "time_to_searchable_p99_ms": _target(searchable["p99"], "<=", 300),
+            "search_fast_p99_ms": _target(search["p99"], "<=", 50),
+            "search_fast_p50_over_floor_p50": _target(_ratio(search["p50"], floor["p50"]), "<=", 1.5),
+            "ingest_over_embed_only": _target(ingest_rate / embed_rate, ">=", 0.8),
+        },
+        "details": {
+            "ingest_seconds": round(ingest_s, 3),
+            "add_ack_idle_ms": latency(probe_acks),
+            "searchable_polls_per_probe": latency([float(p) for p in polls]),
+            "search_fast": search_detail,
+            "embed_texts_match_pipeline": texts_match,
+            "stages_flood_ms": flood_stages,
+            "stages_idle_probes_ms": probe_stages,
+            "cpu_s": cpu.phases,
+            "loadavg_start_end": [load_start, list(os.getloadavg())],
+        },
+        "notes": [
+            *_contention_warnings(cpu.phases),
+            "add_ack_ms: POST /add/message round trips until the 202, during the flood "
+            f"({len({a.conversation_id for a in adds})} client threads back to back, so the workers are embedding "
+            "meanwhile); details.add_ack_idle_ms is the same on an idle pipeline.",
+            "ingest_msgs_per_s: messages / (first add sent -> last ingest status done, from ingests.finished_at).",
+            "time_to_searchable_ms: measured on an idle pipeline (flood drained, one probe add at a time, each "
+            "waited to done before the next), separately from the flood: from the 202 until a POST /search/memory "
+            "for the probe's unique marker word returns a memory whose sources hold the marked message's client id.",
+            "search_fast_ms: POST /search/memory (mode fast, top_k 10) one at a time after ingest drained, "
+            f"after {WARMUP_SEARCHES} unrecorded warm-ups.",
+            "search_floor_ms and embed_only_*: in the bench process with the same embedder, run after ingest "
+            "drained so it does not compete with the workers for the CPU cores.",
+            "embed_only_msgs_per_s embeds each add's windows in one call as the chunker does; "
+            "embed_only_batched_msgs_per_s embeds all windows in batches of embed_batch_size (the ceiling).",
+            "details.search_fast.steps_ms: the search worker's own step timings (timings_ms in the response); "
+            "outside_worker_steps is the rest of the round trip (HTTP, API, broker, Redis result, task overhead).",
+            "details.stages_*: from ingests.stages; busy_fraction = summed stage time / wall time of those ingests.",
+            "details.cpu_s: CPU seconds per phase and process from /proc; a large 'other' share means other load "
+            "on the machine slowed this run.",
+            "The run uses its own database, queues, BM25 directory and API port; all are removed at the end.",
+        ],
+    }

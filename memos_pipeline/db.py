@@ -1,0 +1,49 @@
+"""Engine and session handling: one engine per process and URL, one ``session_scope()`` per unit of work."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from memos_pipeline.config import Settings
+
+
+@functools.cache
+def _engine(url: str, pool_size: int) -> Engine:
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # Iterative index scans (pgvector 0.8) keep HNSW recall when the user filter removes most neighbours.
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET hnsw.iterative_scan = relaxed_order")
+        dbapi_conn.commit()
+
+    return engine
+
+
+def get_engine(settings: Settings) -> Engine:
+    return _engine(settings.sqlalchemy_url, settings.db_pool_size)
+
+
+@functools.cache
+def _sessionmaker(url: str, pool_size: int) -> sessionmaker[Session]:
+    return sessionmaker(bind=_engine(url, pool_size), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(settings: Settings) -> Iterator[Session]:
+    """A transaction: commit on success, roll back on any error, always close."""
+    session = _sessionmaker(settings.sqlalchemy_url, settings.db_pool_size)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

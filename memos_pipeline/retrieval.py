@@ -1,0 +1,169 @@
+"""Fast search (no LLM): dense recall from pgvector and BM25 recall, fused, filtered by Postgres truth.
+
+Postgres decides what exists: BM25 hits are re-read from ``memories`` with the tenant/user/status filter, so a
+stale index entry (a memory deleted a millisecond ago) can never be returned, and never across tenants.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, defer
+
+from memos_pipeline import fusion
+from memos_pipeline.bm25 import Bm25Index, Bm25Query
+from memos_pipeline.embedders import Embedder
+from memos_pipeline.models import Memory, Preference
+from memos_pipeline.schemas import SearchJob
+from memos_pipeline.tokenizer import tokenize
+
+# Weighted fusion: dense cosine and max-normalised BM25, equal say. Measured on the LoCoMo harness (evaluation/).
+FUSION_WEIGHTS = {"dense": 1.0, "bm25": 1.0}
+MIN_CANDIDATES = 20
+
+PREFERENCE_NOTE = (
+    "These are the user's preferences, inferred from earlier conversations. Use them to personalise the answer "
+    "when they are relevant to the question; explicit preferences outweigh implicit ones, and newer ones outweigh "
+    "older ones. Do not mention them unless that helps."
+)
+
+
+@dataclass(frozen=True)
+class SearchOutput:
+    memories: list[dict[str, Any]]
+    preferences: list[dict[str, Any]]
+    timings_ms: dict[str, float]
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def memory_item(m: Memory, score: float | None = None) -> dict[str, Any]:
+    """A memory as the API returns it (DESIGN.md section 3)."""
+    return {
+        "id": str(m.id),
+        "memory_key": m.memory_key,
+        "memory_value": m.memory_value,
+        "memory_type": m.memory_type,
+        "kind": m.kind,
+        "status": m.status,
+        "conversation_id": m.conversation_id,
+        "tags": list(m.tags or []),
+        "sources": list(m.sources or []),
+        "info": m.info or {},
+        "create_time": _iso(m.created_at),
+        "update_time": _iso(m.updated_at),
+        "relativity": round(score, 6) if score is not None else None,
+    }
+
+
+def _scoped(job: SearchJob) -> Select[Any]:
+    q = select(Memory).where(
+        Memory.tenant_id == job.tenant_id, Memory.user_id == job.user_id, Memory.status == "activated"
+    )
+    f = job.filters
+    if f.conversation_id is not None:
+        q = q.where(Memory.conversation_id == f.conversation_id)
+    if f.memory_type is not None:
+        q = q.where(Memory.memory_type == f.memory_type)
+    if f.kind is not None:
+        q = q.where(Memory.kind == f.kind)
+    return q
+
+
+def fast_search(
+    session: Session, embedder: Embedder, index: Bm25Index | None, job: SearchJob, *, fusion_method: str = "weighted"
+) -> SearchOutput:
+    """Dense + BM25 recall, fused; ``index=None`` (BM25_CALL=false) is dense-only; ``job.channels`` restricts
+    recall to the named channels (the harness's BM25-only and dense-only baselines)."""
+    use_dense = job.channels is None or "dense" in job.channels
+    if job.channels is not None and "bm25" not in job.channels:
+        index = None
+    timings: dict[str, float] = {}
+    clock = _Clock(timings)
+    qvec = embedder.embed([job.query])[0]
+    clock.lap("embed")
+    n_cand = max(2 * job.top_k, MIN_CANDIDATES)
+    distance = Memory.embedding.cosine_distance(qvec.tolist())
+    # The similarity is computed in SQL and the 384-float vectors stay in Postgres (defer): loading them for every
+    # candidate cost more than the vector search itself.
+    sim = (1 - distance).label("sim")
+    scoped = _scoped(job).options(defer(Memory.embedding)).add_columns(sim)
+    by_id: dict[str, Memory] = {}
+    cosine: dict[str, float] = {}
+    if use_dense:
+        for m, s in session.execute(scoped.order_by(distance).limit(n_cand)):
+            by_id[str(m.id)], cosine[str(m.id)] = m, float(s)
+    clock.lap("dense")
+    bm25_scores: dict[str, float] = {}
+    if index is not None:
+        f = job.filters
+        hits = index.search(
+            Bm25Query(str(job.tenant_id), job.user_id, tuple(tokenize(job.query)), f.conversation_id,
+                      (f.kind,) if f.kind else (), n_cand)
+        )  # fmt: skip
+        bm25_scores = dict(hits)
+        missing = [uuid.UUID(i) for i in bm25_scores if i not in by_id]
+        if missing:
+            # Re-read through the scoped query: Postgres, not the index, decides what may be returned.
+            for m, s in session.execute(scoped.where(Memory.id.in_(missing))):
+                by_id[str(m.id)], cosine[str(m.id)] = m, float(s)
+        bm25_scores = {i: s for i, s in bm25_scores.items() if i in by_id}
+        clock.lap("bm25")
+    dense_scores = cosine if use_dense else {}
+    if fusion_method == "rrf":
+        ranked = fusion.rrf({
+            "dense": [i for i, _ in fusion.top(dense_scores, len(dense_scores))],
+            "bm25": [i for i, _ in fusion.top(bm25_scores, len(bm25_scores))],
+        })  # fmt: skip
+    else:
+        ranked = fusion.weighted({"dense": dense_scores, "bm25": bm25_scores}, FUSION_WEIGHTS, frozenset({"bm25"}))
+    items = [memory_item(by_id[i], s) for i, s in fusion.top(ranked, job.top_k)]
+    clock.lap("fuse")
+    prefs = preference_search(session, job, qvec) if job.include_preference and job.pref_top_k else []
+    clock.lap("preferences")
+    return SearchOutput(items, prefs, timings)
+
+
+def preference_search(session: Session, job: SearchJob, qvec: np.ndarray) -> list[dict[str, Any]]:
+    distance = Preference.embedding.cosine_distance(qvec.tolist())
+    rows = session.execute(
+        select(Preference, distance)
+        .where(Preference.tenant_id == job.tenant_id, Preference.user_id == job.user_id,
+               Preference.status == "activated")
+        .order_by(distance)
+        .limit(job.pref_top_k)
+    ).all()  # fmt: skip
+    return [
+        {
+            "id": str(p.id),
+            "preference": p.preference,
+            "preference_type": p.preference_type,
+            "reasoning": p.reasoning,
+            "conversation_id": p.conversation_id,
+            "sources": list(p.sources or []),
+            "create_time": _iso(p.created_at),
+            "relativity": round(1.0 - float(d), 6),
+        }
+        for p, d in rows
+    ]
+
+
+class _Clock:
+    def __init__(self, sink: dict[str, float]) -> None:
+        import time
+
+        self._time = time.perf_counter
+        self._sink = sink
+        self._t = self._time()
+
+    def lap(self, name: str) -> None:
+        t = self._time()
+        self._sink[name] = round((t - self._t) * 1000, 3)
+        self._t = t

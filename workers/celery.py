@@ -1,0 +1,26 @@
+"""The shim ``celery -A workers.celery`` loads: the app from the one factory, with every queue's module."""
+
+from typing import Any
+
+from celery.signals import worker_init
+
+from memos_pipeline.celery_app import QUEUES, declare_topology, make_celery
+from memos_pipeline.config import get_settings
+
+settings = get_settings()
+app = make_celery(settings, include=[f"workers.{name}" for name in QUEUES])
+# Retries before a task is dead-lettered (MEMOS_TASK_MAX_RETRIES); each writing task passes it explicitly.
+MAX_RETRIES = settings.task_max_retries
+
+# Queues whose tasks embed text: their workers load the model before consuming, not on the first task.
+EMBEDDING_QUEUES = ("chunker", "search", "memreader", "preference")
+
+
+@worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    declare_topology(app)
+    consumed = set(app.amqp.queues.consume_from or app.amqp.queues)
+    if consumed & {settings.queue(q) for q in EMBEDDING_QUEUES}:
+        from memos_pipeline.embedders import get_embedder
+
+        get_embedder(settings).embed(["warm up"])

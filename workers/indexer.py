@@ -1,0 +1,105 @@
+"""Queue ``indexer``: keep the BM25 index in line with Postgres, and rebuild it in batches (``reindex_*``).
+
+The embedded index allows one writer, held by this process for its lifetime: run it with concurrency 1. A re-index
+builds the next generation through the same process (its batch tasks take turns with live upserts, which also
+go to the new generation meanwhile); see ``memos_pipeline.reindex``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from celery import chord, group
+
+from memos_pipeline import pipeline, reindex, store
+from memos_pipeline.bm25 import get_generations, get_index
+from memos_pipeline.db import session_scope
+from memos_pipeline.schemas import IndexJob
+from workers.base import TRANSIENT, PipelineTask
+from workers.celery import MAX_RETRIES, app
+
+log = logging.getLogger("memos.workers.indexer")
+
+try:  # index timeouts and connection drops are transient too (the client is optional on a single machine)
+    from elasticsearch import ConnectionError as EsConnectionError
+    from elasticsearch import ConnectionTimeout as EsConnectionTimeout
+
+    RETRY_ON: tuple[type[BaseException], ...] = (*TRANSIENT, EsConnectionError, EsConnectionTimeout)
+except ImportError:  # pragma: no cover
+    RETRY_ON = TRANSIENT
+
+REINDEX = {"bind": True, "base": PipelineTask, "max_retries": MAX_RETRIES, "autoretry_for": RETRY_ON,
+           "ignore_result": False}  # fmt: skip
+
+
+@app.task(bind=True, base=PipelineTask, name="memos.indexer.upsert_ingest", max_retries=MAX_RETRIES, stage="indexer",
+          autoretry_for=RETRY_ON)  # fmt: skip
+def upsert_ingest(self: PipelineTask, payload: dict[str, Any]) -> int:
+    job = IndexJob.model_validate(payload)
+    if job.ingest_id is None:
+        raise ValueError("upsert_ingest needs ingest_id")
+    return pipeline.index_ingest(self.settings, get_index(self.settings, writer=True), job.ingest_id)
+
+
+@app.task(bind=True, base=PipelineTask, name="memos.indexer.upsert", max_retries=MAX_RETRIES, autoretry_for=RETRY_ON)
+def upsert(self: PipelineTask, payload: dict[str, Any]) -> int:
+    """Re-index given memories by id (after an update or delete: archived/deleted ones leave the index)."""
+    job = IndexJob.model_validate(payload)
+    with session_scope(self.settings) as s:
+        memories = store.memories_by_ids(s, job.memory_ids)
+    return pipeline.index_memories(get_index(self.settings, writer=True), memories)
+
+
+@app.task(name="memos.indexer.reindex_begin", **REINDEX)
+def reindex_begin(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any] | None:
+    step = reindex.ReindexStep.model_validate(payload)
+    job = reindex.begin(self.settings, get_generations(self.settings), step.job_id)
+    return dataclasses.asdict(job) if job else None
+
+
+@app.task(name="memos.indexer.reindex_batch", **REINDEX)
+def reindex_batch(self: PipelineTask, payload: dict[str, Any]) -> int:
+    b = reindex.ReindexBatch.model_validate(payload)
+    return reindex.run_batch(self.settings, get_generations(self.settings), b.job_id, b.batch)
+
+
+@app.task(name="memos.indexer.reindex_finalize", **REINDEX)
+def reindex_finalize(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
+    step = reindex.ReindexStep.model_validate(payload)
+    return reindex.finalize(self.settings, get_generations(self.settings), step.job_id)
+
+
+@app.task(name="memos.indexer.reindex_abort", **REINDEX)
+def reindex_abort(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any] | None:
+    step = reindex.ReindexStep.model_validate(payload)
+    job = reindex.abort(self.settings, get_generations(self.settings), step.job_id)
+    return dataclasses.asdict(job) if job else None
+
+
+@app.task(name="memos.indexer.reindex_all", **REINDEX)
+def reindex_all(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
+    """The whole job without a client waiting (beat, another system): start or resume it, then advance it one
+    window at a time: a chord of ``window`` batch tasks whose callback is this task again, until ``finalize``.
+    Never waits on other tasks (it runs on the indexer, which those tasks need); windows keep the queue short,
+    so live upserts published meanwhile wait behind one window at most, not behind the whole job."""
+    req = reindex.ReindexAll.model_validate(payload)
+    settings, gens = self.settings, get_generations(self.settings)
+    if req.job_id is None:
+        try:
+            job, _ = reindex.start_or_resume(settings, reindex.resolve_tenant(settings, req.tenant), req.batch_size)
+        except reindex.JobConflict as exc:
+            log.warning("reindex_all: %s", exc)
+            return {"status": "busy", "reason": str(exc)}
+        req = req.model_copy(update={"job_id": job.job_id})
+    began = reindex.begin(settings, gens, str(req.job_id))
+    if began is None or began.finished:
+        return {"status": began.status if began else "gone", "job_id": req.job_id}
+    job = reindex.plan(settings, began)
+    todo = reindex.pending(settings, job)[: req.window or reindex.default_window(settings)]
+    if not todo:
+        return reindex.finalize(settings, gens, job.job_id)
+    batches = [reindex_batch.s(reindex.ReindexBatch(job_id=job.job_id, batch=i).model_dump()) for i in todo]
+    chord(group(batches))(reindex_all.si(req.model_dump()))
+    return {"status": "dispatched", "job_id": job.job_id, "batches": todo}

@@ -1,0 +1,26 @@
+"""Queue ``search``: fast recall (dense + BM25) and fusion. Read-only, so a redelivery is harmless."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from memos_pipeline.bm25 import get_index
+from memos_pipeline.db import session_scope
+from memos_pipeline.embedders import get_embedder
+from memos_pipeline.retrieval import fast_search
+from memos_pipeline.schemas import SearchJob
+from workers.base import PipelineTask
+from workers.celery import app
+
+
+# No retries: the caller waits on this result with a deadline, and a late answer is worth nothing.
+@app.task(bind=True, base=PipelineTask, name="memos.search.fast", ignore_result=False, max_retries=0,
+          autoretry_for=(), dead_letter=False)  # fmt: skip
+def fast(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
+    job = SearchJob.model_validate(payload)
+    settings = self.settings
+    index = get_index(settings) if settings.bm25_call else None
+    with session_scope(settings) as s:
+        out = fast_search(s, get_embedder(settings), index, job, fusion_method=settings.fusion)
+    return asdict(out)
