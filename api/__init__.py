@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 
 from api import errors
+from memos_pipeline import logsafe
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings, get_settings
 
@@ -23,6 +24,8 @@ def ok(data: Any = None, status: int = 200) -> tuple[Response, int]:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
+    # Before anything logs: no record of this process carries the API's, the LLM's or a URL's secret.
+    logsafe.install(settings)
     logging.basicConfig(level=settings.log_level)
     app = Flask("memos_pipeline.api")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

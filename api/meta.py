@@ -44,34 +44,52 @@ _ERROR = {
     "type": "object", "required": ["code", "message"],
     "properties": {"code": {"type": "integer"}, "message": {"type": "string"}, "data": {}},
 }  # fmt: skip
+_ENVELOPE = {
+    "type": "object", "required": ["code", "message", "data"],
+    "properties": {"code": {"type": "integer", "const": 0}, "message": {"type": "string"}, "data": {}},
+}  # fmt: skip
+# Statuses every POST route may answer, besides its success: see api/errors.py for when each is used.
+_ERROR_STATUSES = ("400", "401", "404", "413", "422", "429")
+# The search waits on the search (and reranker) workers: 502 when a worker failed, 504 when none answered in time.
+_EXTRA_STATUSES = {"/search/memory": ("502", "504")}
+
+
+def _json(ref: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
 def openapi_spec() -> dict[str, Any]:
+    """OpenAPI 3.1: its schema dialect is JSON Schema 2020-12, which is what pydantic generates."""
     paths: dict[str, Any] = {}
-    schemas: dict[str, Any] = {"Error": _ERROR}
+    schemas: dict[str, Any] = {"Error": _ERROR, "Envelope": _ENVELOPE}
+    err = _json("#/components/schemas/Error", "error")
     for path, (model, summary) in ROUTES.items():
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-        err = {
-            "description": "error",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-        }
+        responses = {"200": _json("#/components/schemas/Envelope", "ok"),
+                     **dict.fromkeys((*_ERROR_STATUSES, *_EXTRA_STATUSES.get(path, ())), err)}  # fmt: skip
+        if path == "/add/message":
+            responses["202"] = _json("#/components/schemas/Envelope", "accepted: durable and queued")
         paths[path] = {"post": {
             "summary": summary, "security": [{"token": []}],
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
-            "responses": {"200": {"description": "ok"}, "202": {"description": "accepted"}, "400": err,
-                          "401": err, "404": err, "413": err, "422": err, "429": err},
+            "responses": responses,
         }}  # fmt: skip
-    paths["/health"] = {"get": {"summary": "Liveness and readiness", "responses": {"200": {"description": "ready"},
-                                                                                "503": {"description": "not ready"}}}}  # fmt: skip
+    paths["/health"] = {"get": {"summary": "Liveness and readiness", "responses": {
+        "200": _json("#/components/schemas/Envelope", "ready"), "503": err}}}  # fmt: skip
+    paths["/openapi.json"] = {"get": {"summary": "This document", "responses": {"200": {
+        "description": "the OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}}  # fmt: skip
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+        "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}  # fmt: skip
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "memos-pipeline", "version": __version__},
         "paths": paths,
         "components": {"schemas": schemas,
-                       "securitySchemes": {"token": {"type": "apiKey", "in": "header", "name": "Authorization"}}},
+                       "securitySchemes": {"token": {"type": "apiKey", "in": "header", "name": "Authorization",
+                                                     "description": "Token <key>"}}},
     }  # fmt: skip
 
 

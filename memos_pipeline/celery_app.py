@@ -91,6 +91,10 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         redis_backend_health_check_interval=10,
+        # Remote control (inspect, ping: what Flower uses) and events on exchanges of this deployment's prefix:
+        # otherwise every deployment sharing a broker answers, and Flower turns events on for all of them.
+        control_exchange=settings.queue("celery"),
+        event_exchange=settings.queue("celeryev"),
     )
     app.conf.memos_settings = settings
     return app

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,10 +20,23 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def _alias_of(field: FieldInfo) -> str:
+    alias = field.validation_alias
+    assert isinstance(alias, AliasChoices), "every setting is declared with _env(...)"
+    return str(alias.choices[0])
+
+
 class Settings(BaseSettings):
     """All configuration. Tests build one with keyword overrides: ``Settings(database_url=...)``."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True)
+    # No populate_by_name: with it, pydantic-settings also reads each field's own name from the environment, so
+    # $HOME became the data directory and $LOG_LEVEL the log level. Keyword overrides by field name are mapped to
+    # their env alias in __init__ instead.
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        fields = type(self).model_fields
+        super().__init__(**{_alias_of(fields[k]) if k in fields else k: v for k, v in values.items()})
 
     # --- seed names (MemOS) ---
     async_mode: Literal["async", "sync"] = Field("async", validation_alias=_env("ASYNC_MODE"))
@@ -100,6 +114,19 @@ class Settings(BaseSettings):
     # Requests per minute per API key (0: no limit). Beyond it: 429 with Retry-After.
     rate_limit_per_min: int = Field(6000, ge=0, validation_alias=_env("MEMOS_RATE_LIMIT_PER_MIN"))
     log_level: str = Field("INFO", validation_alias=_env("MEMOS_LOG_LEVEL"))
+
+    # --- operations: worker metrics and Flower ---
+    # Each worker serves Prometheus /metrics on this port plus its queue's position in QUEUES (chunker +0 ...
+    # reranker +5), so one worker per queue fits on a host without a port per process to configure. 0: off.
+    worker_metrics_port: int = Field(0, ge=0, le=65535 - 5, validation_alias=_env("MEMOS_WORKER_METRICS_PORT"))
+    worker_metrics_host: str = Field("127.0.0.1", validation_alias=_env("MEMOS_WORKER_METRICS_HOST"))
+    flower_port: int = Field(5555, ge=1, le=65535, validation_alias=_env("MEMOS_FLOWER_PORT"))
+    # Flower shows task arguments, which hold users' messages: `memos-pipeline flower` refuses to start without a
+    # password. Neither may contain "," (Flower splits its credential list on it); the user no ":" either.
+    flower_user: str = Field("admin", min_length=1, validation_alias=_env("MEMOS_FLOWER_USER"))
+    flower_password: str | None = Field(None, validation_alias=_env("MEMOS_FLOWER_PASSWORD"))
+    # The RabbitMQ management API (http://user:pass@host:15672/api/) for queue lengths in Flower's Broker tab.
+    flower_broker_api: str | None = Field(None, validation_alias=_env("MEMOS_FLOWER_BROKER_API"))
 
     @property
     def llm_enabled(self) -> bool:

@@ -22,8 +22,8 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from memos_pipeline import embedders, store
 from memos_pipeline import extraction as ex
-from memos_pipeline import store
 from memos_pipeline.chunking import Turn
 from memos_pipeline.config import Settings
 from memos_pipeline.db import session_scope
@@ -44,6 +44,14 @@ class StageResult:
     archived_ids: list[uuid.UUID] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"new": 0, "duplicate": 0, "update": 0, "conflict": 0})
     usage: Usage = field(default_factory=Usage)
+
+    def mark(self) -> tuple[dict[str, int], int, int]:
+        return dict(self.counts), len(self.new_ids), len(self.archived_ids)
+
+    def reset(self, mark: tuple[dict[str, int], int, int]) -> None:
+        """Forget what an item rolled back had counted."""
+        self.counts, new, archived = dict(mark[0]), mark[1], mark[2]
+        del self.new_ids[new:], self.archived_ids[archived:]
 
 
 def _batches(turns: list[Turn], size: int) -> list[list[Turn]]:
@@ -71,6 +79,33 @@ def _stored_or_extract(s: Session, ingest_id: uuid.UUID, stage: str, b: int, ext
     )
     s.commit()  # the output is durable before any memory is written from it
     return output
+
+
+def _embed_and_apply(s: Session, embedder: Embedder, texts: list[str], apply: Callable[[int, np.ndarray], None],
+                     res: StageResult) -> None:  # fmt: skip
+    """Embed ``texts`` with the active model and ``apply(i, vector)`` each, one transaction per item (a crash keeps
+    what was applied). If a reembed swaps the model meanwhile, the item is rolled back and the remaining ones are
+    embedded again with the new model: no vector of a model that is no longer active is ever stored."""
+    done = 0
+    for attempt in range(1, embedders.SWITCH_ATTEMPTS + 1):
+        version, vecs = embedders.embed_active(embedder, texts[done:])
+        for vec in vecs:
+            mark = res.mark()
+            try:
+                apply(done, vec)
+                embedders.require_active(s, version)
+                s.commit()
+            except Exception as exc:
+                s.rollback()
+                res.reset(mark)
+                if attempt == embedders.SWITCH_ATTEMPTS or not embedders.model_switched(exc):
+                    raise
+                log.info("embedding model switched during a stage (%s); embedding again", exc)
+                embedders.refresh(embedder)
+                break
+            done += 1
+        else:
+            return
 
 
 def _lock_user(s: Session, tenant_id: uuid.UUID, user_id: str) -> None:
@@ -129,11 +164,12 @@ def run_memreader(settings: Settings, embedder: Embedder, llm: LLMClient, ingest
 
             out = _stored_or_extract(s, ingest_id, "memreader", b, extract, llm.usage)
             facts = ex.FactsOut.model_validate(out).memories
-            if facts:
-                vecs = embedder.embed([f"{f.memory_key}: {f.memory_value}" for f in facts])
-                for j, (fact, vec) in enumerate(zip(facts, vecs, strict=True)):
-                    _apply_fact(s, settings, embedder, llm, ingest, batch, b * FACT_KEY_STRIDE + j, fact, vec, res)
-                    s.commit()  # one fact, one transaction: a crash keeps what was applied
+
+            def apply(j: int, vec: np.ndarray, facts: list[ex.FactOut] = facts, b: int = b,
+                      batch: list[Turn] = batch) -> None:  # fmt: skip
+                _apply_fact(s, settings, embedder, llm, ingest, batch, b * FACT_KEY_STRIDE + j, facts[j], vec, res)
+
+            _embed_and_apply(s, embedder, [f"{f.memory_key}: {f.memory_value}" for f in facts], apply, res)
     return res
 
 
@@ -214,12 +250,13 @@ def run_preferences(settings: Settings, embedder: Embedder, llm: LLMClient, inge
             )
             items = [(p.preference, "explicit_preference", "", p.sources) for p in out.explicit_preferences]
             items += [(p.preference, "implicit_preference", p.reasoning, p.sources) for p in out.implicit_preferences]
-            if not items:
-                continue
-            vecs = embedder.embed([i[0] for i in items])
-            for (pref, ptype, reasoning, refs), vec in zip(items, vecs, strict=True):
+
+            def apply(j: int, vec: np.ndarray, items: list[tuple[str, str, str, list[str]]] = items,
+                      batch: list[Turn] = batch) -> None:  # fmt: skip
+                pref, ptype, reasoning, refs = items[j]
                 _apply_preference(s, settings, llm, ingest, batch, pref, ptype, reasoning, refs, vec, res)
-                s.commit()
+
+            _embed_and_apply(s, embedder, [i[0] for i in items], apply, res)
     return res
 
 

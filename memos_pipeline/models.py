@@ -28,7 +28,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# The embedding width is fixed by the migration that created the column; 384 is all-MiniLM-L6-v2.
+# The width of the embedding columns as the first migration created them (all-MiniLM-L6-v2). ``reembed`` can
+# switch to a model of another width: the database, not this model, then knows it (``embedding_models``), which is
+# why the columns below are declared without one.
 EMBEDDING_DIM = 384
 
 NAMING = {
@@ -142,7 +144,10 @@ class Memory(Base):
         ARRAY(UUID(as_uuid=True)), default=list, server_default=text("'{}'")
     )
     info: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
-    embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM))
+    # Deferred: loaded only when asked for (or touched). Rows are read far more often than their vectors are
+    # needed, and a statement that returns the column breaks when ``reembed`` swaps in a column of another width
+    # (psycopg prepares repeated statements, and Postgres refuses to change a prepared result's type).
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=True, deferred=True)
     content_hash: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer, default=1)
     event_time: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -173,7 +178,7 @@ class Preference(Base):
     reasoning: Mapped[str] = mapped_column(Text, default="")
     sources: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list, server_default=text("'{}'"))
     status: Mapped[str] = mapped_column(String(16), default="activated")
-    embedding: Mapped[Any] = mapped_column(Vector(EMBEDDING_DIM))
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=True, deferred=True)  # as Memory.embedding
     content_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = _now()
     updated_at: Mapped[dt.datetime] = _now()
@@ -187,6 +192,26 @@ class Preference(Base):
             postgresql_ops={"embedding": "vector_cosine_ops"},
         ),
     )
+
+
+class EmbeddingModel(Base):
+    """The embedding models the vector columns hold, one row per version (``memos-pipeline reembed``).
+
+    ``active``: ``embedding`` (what every process embeds with); ``building``: ``embedding_next``, being filled by a
+    reembed; ``previous``: ``embedding_prev``, kept for a rollback until the next reembed; ``retired``/``aborted``:
+    history. No row at all: nothing was ever re-embedded, and MEMOS_EMBEDDER is the model (version 0)."""
+
+    __tablename__ = "embedding_models"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    spec: Mapped[str] = mapped_column(Text)  # local:all-MiniLM-L6-v2 | openai:<model>@<base_url>
+    dims: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = _now()
+    activated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (
+        Index("uq_embedding_models_status", "status", unique=True,
+              postgresql_where=text("status IN ('active', 'building', 'previous')")),
+    )  # fmt: skip
 
 
 class MemoryEdge(Base):

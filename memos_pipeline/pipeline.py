@@ -11,7 +11,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from memos_pipeline import store
+import numpy as np
+
+from memos_pipeline import embedders, store
 from memos_pipeline.bm25 import Bm25Doc, Bm25Index
 from memos_pipeline.chunking import Window, window_turns
 from memos_pipeline.config import Settings
@@ -57,19 +59,23 @@ def chunk_ingest(settings: Settings, embedder: Embedder, ingest_id: uuid.UUID) -
     windows = window_turns(turns, size=settings.chunk_turns, overlap=settings.chunk_overlap, context=ctx)
     # Embedding happens outside any transaction: no connection is held while the CPU works.
     t_embed = time.perf_counter()
-    vectors = embedder.embed([w.text for w in windows])
-    embed_ms = (time.perf_counter() - t_embed) * 1000
-    with session_scope(settings) as s:
-        ingest = store.get_ingest(s, ingest_id)
-        if ingest is None:
-            return None
-        ids = store.upsert_raw_memories(
-            s, ingest, [_raw_row(w, v.tolist()) for w, v in zip(windows, vectors, strict=True)]
-        )
-        store.mark_stage(s, ingest_id, "chunker", "done", windows=len(windows), embed_ms=round(embed_ms, 2),
-                         work_ms=round((time.perf_counter() - t0) * 1000, 2))  # fmt: skip
-        pending = [st for st in ("memreader", "preference") if ingest.stages.get(st, {}).get("status") == "pending"]
-    return ChunkResult(ingest_id, ids, pending)
+
+    def write(vectors: np.ndarray, model_version: int | None) -> ChunkResult | None:
+        embed_ms = (time.perf_counter() - t_embed) * 1000
+        with session_scope(settings) as s:
+            ingest = store.get_ingest(s, ingest_id)
+            if ingest is None:
+                return None
+            ids = store.upsert_raw_memories(
+                s, ingest, [_raw_row(w, v.tolist()) for w, v in zip(windows, vectors, strict=True)]
+            )
+            embedders.require_active(s, model_version)  # a reembed swapped meanwhile: embed again (below)
+            store.mark_stage(s, ingest_id, "chunker", "done", windows=len(windows), embed_ms=round(embed_ms, 2),
+                             work_ms=round((time.perf_counter() - t0) * 1000, 2))  # fmt: skip
+            pending = [st for st in ("memreader", "preference") if ingest.stages.get(st, {}).get("status") == "pending"]
+        return ChunkResult(ingest_id, ids, pending)
+
+    return embedders.with_active_model(embedder, [w.text for w in windows], write)
 
 
 def bm25_doc(m: Memory) -> Bm25Doc:

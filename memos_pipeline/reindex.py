@@ -1,7 +1,7 @@
 """Batch re-indexing: build a new BM25 generation from Postgres, check it, swap it in atomically, drop the old one.
 
-A job is planned as keyset pages of memory ids (``[bounds[i], bounds[i+1])``, the last page open-ended, so every
-id that could ever exist falls in exactly one page); each page is one ``memos.indexer.reindex_batch`` task. The
+A job is planned as keyset pages of memory ids (``memos_pipeline.batchjob``); each page is one
+``memos.indexer.reindex_batch`` task. The
 steps that touch the index run on the indexer queue, in the process that holds the index writer: a tantivy index
 has one writer, so the new generation's writer lives in the indexer too, beside the live one, and batch tasks and
 live upserts take turns on that one process (Elasticsearch has no such rule; the same tasks just parallelise).
@@ -14,29 +14,27 @@ Nothing written during the job is lost from the new generation, by two mechanism
   alone leaves: a batch that read a row, then a live write of a newer state, then the batch writing the older one
   (possible with parallel Elasticsearch indexers), and a tenant-scoped copy racing live writes.
 
-The checkpoint lives in Redis (``Checkpoint``): the job record (scope, generation, bounds) and the set of
-completed batches, each added only after its documents are committed. Redis, not Postgres: it is already our
-coordination store (locks, Celery results, which the chord needs anyway), per-batch SADD from concurrent tasks is
-atomic without a schema migration, and the checkpoint is derived state: if it were lost, the job would start over
-and lose nothing but time (Postgres stays the source of truth, and the current generation keeps serving).
+The checkpoint (``Checkpoint``: the job record with scope, generation and bounds, and the completed batches) and
+the keyset planning are shared with ``reembed`` (``memos_pipeline.batchjob``). If the checkpoint were lost, the job
+would start over and lose nothing but time (Postgres stays the source of truth, and the current generation keeps
+serving).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import json
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import redis
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, load_only
 
+from memos_pipeline import batchjob
+from memos_pipeline.batchjob import CountMismatch, JobConflict, NotReady
 from memos_pipeline.bm25 import Bm25Generations, Bm25Index
 from memos_pipeline.config import Settings
 from memos_pipeline.db import session_scope
@@ -46,22 +44,9 @@ from memos_pipeline.pipeline import bm25_doc
 log = logging.getLogger(__name__)
 
 KINDS = ("raw", "fact")  # what the BM25 index holds (preferences are not in it)
-MIN_ID = "00000000-0000-0000-0000-000000000000"
 # Rows whose transaction began up to this long before the job and committed after it are caught up too.
 CATCH_UP_MARGIN_S = 60.0
 COUNT_ATTEMPTS = 3
-
-
-class JobConflict(RuntimeError):
-    """Another scope's re-index is unfinished: one generation is built at a time."""
-
-
-class NotReady(RuntimeError):
-    pass
-
-
-class CountMismatch(RuntimeError):
-    pass
 
 
 def default_window(settings: Settings) -> int:
@@ -127,64 +112,15 @@ class Job:
         return self.status in ("done", "aborted")
 
 
-class Checkpoint:
-    """The job record and its completed batches in Redis, namespaced by ``MEMOS_QUEUE_PREFIX``."""
+class Checkpoint(batchjob.Checkpoint[Job]):
+    """The re-index job and its completed batches in Redis (``memos:<prefix>reindex``)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.r = redis.Redis.from_url(settings.redis_url)
-        self.key = f"memos:{settings.queue_prefix}reindex"
-
-    def _done_key(self, job_id: str) -> str:
-        return f"{self.key}:{job_id}:done"
-
-    def load(self) -> Job | None:
-        raw = self.r.get(f"{self.key}:job")
-        return Job(**json.loads(raw)) if raw else None  # type: ignore[arg-type]
-
-    def save(self, job: Job) -> None:
-        self.r.set(f"{self.key}:job", json.dumps(dataclasses.asdict(job)))
-
-    def create(self, job: Job) -> Job:
-        """Store ``job`` unless an unfinished one exists, which is returned instead (atomic: WATCH/MULTI)."""
-        with self.r.pipeline() as p:
-            while True:
-                try:
-                    p.watch(f"{self.key}:job")
-                    raw = p.get(f"{self.key}:job")
-                    if raw and not (existing := Job(**json.loads(raw))).finished:  # type: ignore[arg-type]
-                        p.unwatch()
-                        return existing
-                    p.multi()
-                    p.set(f"{self.key}:job", json.dumps(dataclasses.asdict(job)))
-                    p.execute()
-                    return job
-                except redis.WatchError:
-                    continue
-
-    def mark_done(self, job_id: str, batch: int, docs: int) -> None:
-        self.r.hset(self._done_key(job_id), str(batch), docs)
-
-    def done(self, job_id: str) -> dict[int, int]:
-        return {int(k): int(v) for k, v in self.r.hgetall(self._done_key(job_id)).items()}
-
-    def lock(self, name: str, timeout: float = 300) -> Any:
-        """Serialises begin/finalize/abort (Elasticsearch indexers run in parallel). It expires on its own if
-        its holder dies, after ``timeout``: the steps it guards take seconds."""
-        return self.r.lock(f"{self.key}:lock:{name}", timeout=timeout, blocking_timeout=timeout)
-
-    def close(self, job: Job) -> None:
-        """A finished job stays readable (``reindex --status``) for a week."""
-        self.save(job)
-        self.r.expire(f"{self.key}:job", 7 * 86400)
-        self.r.delete(self._done_key(job.job_id))
+        super().__init__(settings, "reindex", Job)
 
 
 def _job(cp: Checkpoint, job_id: str) -> Job | None:
-    job = cp.load()
-    if job is None or job.job_id != job_id:
-        log.warning("re-index job %s is not the current one; nothing to do", job_id)
-        return None
-    return job
+    return cp.current(job_id)
 
 
 # ---------------------------------------------------------------- Postgres side
@@ -220,18 +156,11 @@ def resolve_tenant(settings: Settings, tenant: str | None) -> str | None:
 
 def plan_bounds(s: Session, tenant_id: str | None, batch_size: int) -> tuple[list[str], int]:
     """Lower bounds of keyset pages of ``batch_size`` ids (the first is the smallest possible id), and the rows."""
-    numbered = select(Memory.id, func.row_number().over(order_by=Memory.id).label("rn")).where(*_scope(tenant_id))
-    sub = numbered.subquery()
-    firsts = s.execute(select(sub.c.id).where((sub.c.rn - 1) % batch_size == 0).order_by(sub.c.id)).scalars().all()
-    rows = int(s.execute(select(func.count()).select_from(Memory).where(*_scope(tenant_id))).scalar_one())
-    return [MIN_ID, *(str(i) for i in firsts[1:])], rows
+    return batchjob.keyset_bounds(s, Memory.id, _scope(tenant_id), batch_size)
 
 
 def batch_memories(s: Session, job: Job, batch: int) -> list[Memory]:
-    bounds = job.bounds or []
-    conds = [*_scope(job.tenant_id), Memory.id >= uuid.UUID(bounds[batch])]
-    if batch + 1 < len(bounds):
-        conds.append(Memory.id < uuid.UUID(bounds[batch + 1]))
+    conds = [*_scope(job.tenant_id), *batchjob.page_conds(Memory.id, job.bounds or [], batch)]
     return list(s.execute(select(Memory).options(_light()).where(*conds).order_by(Memory.id)).scalars())
 
 
@@ -251,9 +180,7 @@ def sync(index: Bm25Index, memories: Sequence[Memory]) -> int:
 
 def start_or_resume(settings: Settings, tenant_id: str | None, batch_size: int) -> tuple[Job, bool]:
     """The unfinished job (resumed, if it has the same scope) or a new one. Returns (job, resumed)."""
-    with session_scope(settings) as s:
-        started = s.execute(select(func.clock_timestamp())).scalar_one()
-    new = Job(uuid.uuid4().hex, tenant_id, batch_size, started.isoformat())
+    new = Job(uuid.uuid4().hex, tenant_id, batch_size, batchjob.db_clock(settings))
     job = Checkpoint(settings).create(new)
     if job is not new and job.tenant_id != tenant_id:
         scope = f"tenant {job.tenant_id}" if job.tenant_id else "all tenants"
@@ -295,8 +222,7 @@ def plan(settings: Settings, job: Job) -> Job:
 
 
 def pending(settings: Settings, job: Job) -> list[int]:
-    done = Checkpoint(settings).done(job.job_id)
-    return [i for i in range(job.batches) if i not in done]
+    return Checkpoint(settings).pending(job.job_id, job.batches)
 
 
 def run_batch(settings: Settings, gens: Bm25Generations, job_id: str, batch: int) -> int:

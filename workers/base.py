@@ -25,6 +25,7 @@ from memos_pipeline import store
 from memos_pipeline.celery_app import DEAD_LETTER, dead_letter_exchange, dead_letter_queue
 from memos_pipeline.config import Settings
 from memos_pipeline.db import session_scope
+from workers import metrics
 
 log = logging.getLogger("memos.workers")
 
@@ -118,3 +119,5 @@ class PipelineTask(Task):  # type: ignore[misc]
                 )  # fmt: skip
         except Exception:
             log.exception("could not publish task %s to the dead-letter queue", task_id)
+            return  # counted by memos_worker_task_failures, not as a dead letter: there is none to replay
+        metrics.dead_lettered(self.name)

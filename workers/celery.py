@@ -6,6 +6,7 @@ from celery.signals import worker_init
 
 from memos_pipeline.celery_app import QUEUES, declare_topology, make_celery
 from memos_pipeline.config import get_settings
+from workers import metrics
 
 settings = get_settings()
 app = make_celery(settings, include=[f"workers.{name}" for name in QUEUES])
@@ -20,6 +21,10 @@ EMBEDDING_QUEUES = ("chunker", "search", "memreader", "preference")
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     declare_topology(app)
     consumed = set(app.amqp.queues.consume_from or app.amqp.queues)
+    pool = getattr(sender, "pool_cls", None)
+    pool_name = f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', pool)}"
+    # Before the model loads: the endpoint answers (with zeroes) while the worker warms up.
+    metrics.serve(app, settings, [q for q in QUEUES if settings.queue(q) in consumed], pool_name)
     if consumed & {settings.queue(q) for q in EMBEDDING_QUEUES}:
         from memos_pipeline.embedders import get_embedder
 

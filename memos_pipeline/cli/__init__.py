@@ -227,5 +227,9 @@ from evaluation.cli import eval_group as _eval_group  # noqa: E402  (eval locomo
 
 main.add_command(_eval_group)
 
+from memos_pipeline.cli.flower import flower as _flower  # noqa: E402
+
+main.add_command(_flower)
+
 if __name__ == "__main__":
     main()

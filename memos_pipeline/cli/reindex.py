@@ -20,99 +20,38 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from memos_pipeline.cli.batchjob import STOPPED
+
 if TYPE_CHECKING:
     from celery import Celery
-    from tqdm import tqdm
 
-    from memos_pipeline import reindex as rx
     from memos_pipeline.config import Settings
-
-STOPPED = 3  # exit status of --stop-after: resumable, not an error
-
-
-def _call(app: Celery, name: str, payload: dict[str, Any], timeout: float) -> Any:
-    result = app.send_task(name, args=[payload], ignore_result=False)
-    try:
-        return result.get(timeout=timeout)
-    finally:
-        result.forget()
-
-
-def _require_indexer(app: Celery, settings: Settings) -> None:
-    with app.connection_for_write() as conn:
-        try:
-            consumers = conn.default_channel.queue_declare(settings.queue("indexer"), passive=True).consumer_count
-        except Exception:
-            consumers = 0
-    if not consumers:
-        raise click.ClickException(
-            f"no worker consumes the {settings.queue('indexer')!r} queue: start one (memos-pipeline worker -Q indexer)"
-        )
-
-
-def _drive(app: Celery, job: rx.Job, todo: list[int], *, window: int, stop_after: int | None, timeout: float,
-           bar: tqdm) -> tuple[int, int]:  # fmt: skip
-    """Run ``todo`` batches as groups of ``window``, two groups in flight. Returns (batches, documents) done."""
-    from collections import deque
-
-    from celery import group
-    from celery.result import AsyncResult
-
-    from memos_pipeline import reindex as rx
-
-    queue, inflight = deque(todo), deque[list[AsyncResult]]()
-    budget = len(todo) if stop_after is None else min(stop_after, len(todo))
-    batches = docs = 0
-    while (queue and budget) or inflight:
-        while queue and budget and len(inflight) < 2:
-            chunk = [queue.popleft() for _ in range(min(window, len(queue), budget))]
-            budget -= len(chunk)
-            sigs = [app.signature("memos.indexer.reindex_batch", args=[rx.ReindexBatch(job_id=job.job_id, batch=i).model_dump()],
-                                  options={"ignore_result": False}) for i in chunk]  # fmt: skip
-            inflight.append(list(group(sigs).apply_async().results))
-        head, deadline, seen = inflight[0], time.monotonic() + timeout, 0
-        while seen < len(head):
-            ready = sum(r.ready() for r in head)
-            bar.update(ready - seen)
-            seen = ready
-            if seen < len(head):
-                if time.monotonic() > deadline:
-                    raise click.ClickException(f"batches not done after {timeout}s (run again to resume)")
-                time.sleep(0.02)
-        for r in head:
-            if r.failed():
-                raise click.ClickException(f"batch task {r.id} failed: {r.result!r} (run again to resume)")
-            docs += int(r.result or 0)
-            r.forget()
-        batches += len(head)
-        inflight.popleft()
-    return batches, docs
 
 
 def run(settings: Settings, app: Celery, *, tenant: str | None, batch_size: int, window: int,
         stop_after: int | None, timeout: float, progress: bool | None) -> dict[str, Any]:  # fmt: skip
     """The whole job from this process; returns the JSON summary (``status`` done or stopped)."""
-    from tqdm import tqdm
-
     from memos_pipeline import reindex as rx
+    from memos_pipeline.cli.batchjob import call, drive, progress_bar, require_workers
 
     t0 = time.perf_counter()
-    _require_indexer(app, settings)
+    require_workers(app, settings, "indexer")
     try:
         job, resumed = rx.start_or_resume(settings, rx.resolve_tenant(settings, tenant), batch_size)
     except (ValueError, rx.JobConflict) as exc:
         raise click.ClickException(str(exc)) from exc
     if resumed and job.batch_size != batch_size:
         click.echo(f"resuming job {job.job_id} with its own batch size {job.batch_size} (not {batch_size})", err=True)
-    began = _call(app, "memos.indexer.reindex_begin", {"v": 1, "job_id": job.job_id}, timeout)
+    began = call(app, "memos.indexer.reindex_begin", {"v": 1, "job_id": job.job_id}, timeout)
     if began is None:
         raise click.ClickException(f"job {job.job_id} was replaced while starting; run again")
     job = rx.plan(settings, rx.Job(**began))
     todo = rx.pending(settings, job)
     resumed_from = job.batches - len(todo)
-    with tqdm(total=job.batches, initial=resumed_from, unit="batch", desc=f"reindex gen {job.generation}",
-              disable=True if progress is False else None, file=sys.stderr) as bar:  # fmt: skip
-        batches, docs = _drive(app, job, todo, window=window, stop_after=stop_after, timeout=timeout, bar=bar)
+    with progress_bar(job.batches, resumed_from, f"reindex gen {job.generation}", progress) as bar:
+        batches, docs = drive(app, "memos.indexer.reindex_batch",
+                              lambda i: rx.ReindexBatch(job_id=job.job_id, batch=i).model_dump(), todo,
+                              window=window, stop_after=stop_after, timeout=timeout, bar=bar)  # fmt: skip
     summary: dict[str, Any] = {
         "job_id": job.job_id, "tenant_id": job.tenant_id, "generation": job.generation, "resumed": resumed,
         "resumed_from": resumed_from, "batches": job.batches, "batches_this_run": batches,
@@ -121,7 +60,7 @@ def run(settings: Settings, app: Celery, *, tenant: str | None, batch_size: int,
     if len(todo) > batches:
         summary["status"] = "stopped"
     else:
-        summary.update(_call(app, "memos.indexer.reindex_finalize", {"v": 1, "job_id": job.job_id}, timeout))
+        summary.update(call(app, "memos.indexer.reindex_finalize", {"v": 1, "job_id": job.job_id}, timeout))
     seconds = time.perf_counter() - t0
     summary.update(seconds=round(seconds, 3), docs_per_s=round(docs / seconds, 1) if seconds else None)
     return summary
@@ -152,6 +91,7 @@ def reindex(tenant: str | None, batch_size: int, window: int | None, stop_after:
 
     from memos_pipeline import reindex as rx
     from memos_pipeline.celery_app import make_celery
+    from memos_pipeline.cli.batchjob import call, require_workers
     from memos_pipeline.config import get_settings
 
     settings = get_settings()
@@ -170,8 +110,8 @@ def reindex(tenant: str | None, batch_size: int, window: int | None, stop_after:
         if job is None or job.finished:
             click.echo("no unfinished re-index")
             return
-        _require_indexer(app, settings)
-        _call(app, "memos.indexer.reindex_abort", {"v": 1, "job_id": job.job_id}, timeout)
+        require_workers(app, settings, "indexer")
+        call(app, "memos.indexer.reindex_abort", {"v": 1, "job_id": job.job_id}, timeout)
         click.echo(f"aborted job {job.job_id}; generation {job.generation} dropped")
         return
     summary = run(settings, app, tenant=tenant, batch_size=batch_size, window=window or rx.default_window(settings),

@@ -75,6 +75,9 @@ class Stack:
     settings: Settings
     queues: Iterable[str] = CORE_QUEUES
     api: bool = True
+    # False: workers only, beside a stack that already runs the relay on this database (a relay publishes the
+    # database's whole outbox to its own queues, so a second one with another prefix would take others' rows).
+    relay: bool = True
     quiet: bool = False
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     started_db: bool = False
@@ -86,7 +89,8 @@ class Stack:
         out = subprocess.DEVNULL if self.quiet else None
         for q in self.queues:
             self._spawn(f"worker:{q}", worker_command(q, self.settings), env, out)
-        self._spawn("relay", relay_command(), env, out)
+        if self.relay:
+            self._spawn("relay", relay_command(), env, out)
         if self.api:
             self._spawn("api", api_command(self.settings), env, out)
 

@@ -175,7 +175,7 @@ def test_reindex_killed_half_way_resumes_from_its_checkpoint(
         job = wait_for(lambda: current_job(settings, batches_done=8), "8 checkpointed batches")
         proc.send_signal(signal.SIGKILL)
     finally:
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert job.batches >= 28 and not cp.load().finished  # type: ignore[union-attr]
     assert job.generation is not None

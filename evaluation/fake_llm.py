@@ -1,0 +1,343 @@
+"""A scriptable OpenAI-compatible HTTP server: a real separate process speaking the real protocol.
+
+The tests and the chaos suite (``evaluation/chaos.py``) use it where no real model can run: the LLM is the one
+external service we fake, and we fake it as a server, never as a mock. It lives here rather than under ``tests/``
+because ``evaluation/`` ships with the package and must not import the tests; ``tests/fake_llm.py`` re-exports it.
+
+Run: ``python -m evaluation.fake_llm --port N [--script script.json]`` (``--port 0`` picks a free port). The first
+line on stdout is ``listening on <port>``. Standard library only, so it starts in milliseconds.
+
+OpenAI endpoints (what the ``openai`` client calls):
+
+- ``POST /v1/chat/completions``: a ``chat.completion`` object with ``choices[0].message.content`` and ``usage``
+  ``{prompt_tokens, completion_tokens, total_tokens}`` (estimated: one token per CJK character, one per four
+  other characters);
+- ``POST /v1/embeddings``: deterministic 384-dim unit vectors from a hash of each text (``float`` or ``base64``);
+- ``GET /v1/models``.
+
+Scripting (per test, over HTTP):
+
+- ``POST /_script`` ``{"routes": {"facts": [step, ...], "preferences": [...], "merge": [...]},
+  "defaults": {"facts": step, ...}, "content_by_match": [{"route": "facts", "match": "七天", ...step}]}``
+  replaces the script (the call log is kept; ``"reset": true`` clears it too). The route of a request is chosen
+  from its system prompt: ``MemReader`` -> facts, ``EXISTING memories`` -> merge, ``preferences`` -> preferences.
+  A request takes the next scripted step of its route; when there is none, the first ``content_by_match`` entry
+  whose ``match`` occurs in the conversation (the first user message); else the route's default; else ``auto``.
+- A step: ``{"content": "<the model's answer>"}``, ``{"json": {...}}`` (serialised), ``{"auto": true}`` (a
+  capable model: one fact per user message, in the conversation's language, with correct sources; an explicit
+  and an implicit preference per conversation; merge says "new"), ``{"status": 429}`` / ``{"status": 500}`` (an
+  OpenAI error body), ``{"drop": true}`` (close the connection without answering), and ``"delay": seconds`` before
+  any of them (past the client's timeout: the client gives up, the server notices the broken pipe).
+- ``GET /_calls``: ``{"calls": [{route, user (first 200 chars of the first user message), last (first 200 chars of
+  the last user message), n_messages, status, delay, outcome, t}], "counts": {route: n}, "ok": {route: n}}``.
+- ``POST /_reset``: clear the script and the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DIM = 384
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LINE = re.compile(r"^\[m(\d+)\](?: \([^)]*\))? ([^:]+): (.*)$")
+
+ERRORS = {
+    400: ("invalid_request_error", "bad request"),
+    401: ("invalid_request_error", "invalid api key"),
+    404: ("not_found", "no such route"),
+    429: ("rate_limit_exceeded", "Rate limit reached for requests"),
+    500: ("server_error", "The server had an error while processing your request"),
+    503: ("server_error", "The engine is currently overloaded"),
+}
+
+
+class State:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.routes: dict[str, deque[dict[str, Any]]] = {}
+        self.defaults: dict[str, dict[str, Any]] = {}
+        self.by_match: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
+
+    def load(self, script: dict[str, Any]) -> None:
+        with self.lock:
+            if script.get("reset"):
+                self.calls.clear()
+            self.routes = {r: deque(steps) for r, steps in (script.get("routes") or {}).items()}
+            self.defaults = dict(script.get("defaults") or {})
+            cbm = script.get("content_by_match") or []
+            if isinstance(cbm, dict):  # {"facts": [{"match": ..., ...}]} form
+                cbm = [{**e, "route": r} for r, entries in cbm.items() for e in entries]
+            self.by_match = list(cbm)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.routes, self.defaults, self.by_match = {}, {}, []
+            self.calls.clear()
+
+    def next_step(self, route: str, conversation: str) -> dict[str, Any]:
+        with self.lock:
+            queue = self.routes.get(route)
+            if queue:
+                return queue.popleft()
+            for entry in self.by_match:
+                if entry.get("route") in (None, route) and entry["match"] in conversation:
+                    return entry
+            return self.defaults.get(route, {"auto": True})
+
+    def log(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.calls.append(entry)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            calls = [dict(c) for c in self.calls]
+        counts: dict[str, int] = {}
+        ok: dict[str, int] = {}
+        for c in calls:
+            counts[c["route"]] = counts.get(c["route"], 0) + 1
+            if c["status"] == 200 and c["outcome"] == "answered":
+                ok[c["route"]] = ok.get(c["route"], 0) + 1
+        return {"calls": calls, "counts": counts, "ok": ok, "total": len(calls)}
+
+
+STATE = State()
+
+
+def route_of(system: str) -> str:
+    if "MemReader" in system:
+        return "facts"
+    if "EXISTING memories" in system or "long-term memory" in system:
+        return "merge"
+    if "preferences" in system:
+        return "preferences"
+    return "other"
+
+
+def tokens(text: str) -> int:
+    cjk = len(_CJK.findall(text))
+    return cjk + (len(text) - cjk + 3) // 4
+
+
+def is_chinese(text: str) -> bool:
+    cjk = len(_CJK.findall(text))
+    latin = len(re.findall(r"[A-Za-z]", text))
+    return cjk > 0 and cjk * 3 >= cjk + latin
+
+
+def parse_lines(conversation: str) -> list[tuple[str, str, str]]:
+    """(ref, speaker, content) of every ``[mN] speaker: content`` line of a rendered conversation."""
+    out = []
+    for line in conversation.splitlines():
+        m = _LINE.match(line.strip())
+        if m:
+            out.append((f"m{m.group(1)}", m.group(2).strip(), m.group(3).strip()))
+    return out
+
+
+def auto_answer(route: str, conversation: str) -> dict[str, Any]:
+    """What a capable, literal-minded model answers: grounded in the lines it was shown, correct sources."""
+    lines = parse_lines(conversation)
+    users = [(ref, text) for ref, who, text in lines if who == "user"]
+    zh = is_chinese(" ".join(t for _, _, t in lines))
+    if route == "facts":
+        return {
+            "memories": [
+                {
+                    "memory_key": text[:40],
+                    "memory_value": (f"用户说：{text}" if zh else f"The user said: {text}"),
+                    "memory_type": "UserMemory",
+                    "tags": ["对话"] if zh else ["conversation"],
+                    "sources": [ref],
+                }
+                for ref, text in users
+            ]
+        }
+    if route == "preferences":
+        if not users:
+            return {"explicit_preferences": [], "implicit_preferences": []}
+        (r0, t0), (r1, t1) = users[0], users[-1]
+        return {
+            "explicit_preferences": [
+                {"preference": f"用户明确表示：{t0}" if zh else f"The user stated: {t0}", "sources": [r0]}
+            ],
+            "implicit_preferences": [
+                {
+                    "preference": f"用户可能喜欢：{t1}" if zh else f"The user probably likes: {t1}",
+                    "reasoning": f"用户在{r1}中提到了这一点" if zh else f"The user brought it up in {r1}",
+                    "sources": [r1],
+                }
+            ],
+        }
+    if route == "merge":
+        return {"action": "new", "target": None, "merged_value": None}
+    return {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-llm/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the call log is the record
+        pass
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _body(self) -> Any:
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        return json.loads(raw or b"{}")
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _error(self, status: int, message: str | None = None) -> None:
+        etype, default = ERRORS.get(status, ("server_error", "error"))
+        body = {"error": {"message": message or default, "type": etype, "param": None, "code": etype}}
+        self._send(status, body, {"x-should-retry": "false"})
+
+    # ------------------------------------------------------------------ routes
+
+    def do_GET(self) -> None:
+        if self.path == "/_calls":
+            self._send(200, STATE.snapshot())
+        elif self.path in ("/health", "/_health"):
+            self._send(200, {"ok": True})
+        elif self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
+                                                         "owned_by": "tests"}]})  # fmt: skip
+        else:
+            self._error(404, f"no route GET {self.path}")
+
+    def do_POST(self) -> None:
+        try:
+            body = self._body()
+        except json.JSONDecodeError as exc:
+            self._error(400, f"body is not JSON: {exc}")
+            return
+        if self.path == "/_script":
+            STATE.load(body)
+            self._send(200, {"ok": True})
+        elif self.path == "/_reset":
+            STATE.reset()
+            self._send(200, {"ok": True})
+        elif self.path == "/v1/chat/completions":
+            self._chat(body)
+        elif self.path == "/v1/embeddings":
+            self._embeddings(body)
+        else:
+            self._error(404, f"no route POST {self.path}")
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        messages = body.get("messages") or []
+        system = next((m.get("content") or "" for m in messages if m.get("role") == "system"), "")
+        users = [m.get("content") or "" for m in messages if m.get("role") == "user"]
+        conversation = users[0] if users else ""
+        route = route_of(system)
+        step = STATE.next_step(route, conversation)
+        entry: dict[str, Any] = {
+            "route": route, "user": conversation[:200], "last": (users[-1] if users else "")[:200],
+            "n_messages": len(messages), "status": int(step.get("status", 200)), "delay": float(step.get("delay", 0)),
+            "outcome": "answered", "t": time.time(),
+        }  # fmt: skip
+        STATE.log(entry)
+        try:
+            if entry["delay"]:
+                time.sleep(entry["delay"])
+            if step.get("drop"):
+                entry["outcome"] = "dropped"
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if entry["status"] != 200:
+                self._error(entry["status"])
+                return
+            if "content" in step:
+                content = str(step["content"])
+            elif "json" in step:
+                content = json.dumps(step["json"], ensure_ascii=False)
+            else:
+                content = json.dumps(auto_answer(route, conversation), ensure_ascii=False)
+            prompt_tokens = sum(tokens(m.get("content") or "") + 4 for m in messages)
+            completion_tokens = tokens(content)
+            self._send(200, {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model") or "fake-model", "system_fingerprint": "fake",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens},
+            })  # fmt: skip
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            entry["outcome"] = "client_gone"  # the client timed out and hung up while we were "thinking"
+            self.close_connection = True
+
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        b64 = body.get("encoding_format") == "base64"
+        data = []
+        total = 0
+        for i, t in enumerate(texts):
+            text = t if isinstance(t, str) else json.dumps(t)
+            total += tokens(text)
+            vec = embed(text)
+            emb: Any = base64.b64encode(struct.pack(f"<{DIM}f", *vec)).decode() if b64 else vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        self._send(200, {"object": "list", "data": data, "model": body.get("model") or "fake-embedding",
+                         "usage": {"prompt_tokens": total, "total_tokens": total}})  # fmt: skip
+
+
+def embed(text: str) -> list[float]:
+    """A deterministic unit vector from a hash of the text (equal texts, equal vectors; nothing else meant)."""
+    raw = b"".join(hashlib.sha256(f"{i}:{text}".encode()).digest() for i in range(DIM * 4 // 32))
+    vals = [v / 2**31 - 1.0 for v in struct.unpack(f"<{DIM}I", raw)]
+    norm = sum(v * v for v in vals) ** 0.5 or 1.0
+    return [v / norm for v in vals]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--script", help="a JSON file with an initial script (the body of POST /_script)")
+    args = ap.parse_args(argv)
+    if args.script:
+        with open(args.script, encoding="utf-8") as f:
+            STATE.load(json.load(f))
+    ThreadingHTTPServer.allow_reuse_address = True
+    ThreadingHTTPServer.daemon_threads = True
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    print(f"listening on {server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
