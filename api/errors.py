@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from flask import Flask, Response, jsonify
@@ -53,8 +54,36 @@ def validation_error(exc: ValidationError) -> ApiError:
     return ApiError(422, VALIDATION, f"{first['field']}: {first['message']}{more}", {"errors": errors})
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {literal[:40]} is out of range")
+    return value
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a \\u escape left half a surrogate pair somewhere (Python decodes it; no UTF-8 encoder takes it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
-    """Strict body parsing: valid UTF-8, valid JSON, an object; each failure says which."""
+    """Strict body parsing: valid UTF-8, valid JSON (RFC 8259: no NaN/Infinity, numbers a double can hold, no
+    lone surrogates), an object; each failure says which. What Python's json module would let through otherwise
+    could not be stored: Postgres rejects NaN in jsonb and psycopg cannot encode a lone surrogate (a 500)."""
     if not raw:
         raise ApiError(400, INVALID_JSON, "body: request body is empty; send a JSON object")
     try:
@@ -62,13 +91,19 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ApiError(400, INVALID_JSON, f"body: not valid UTF-8 at byte {exc.start}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, INVALID_JSON, f"body: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
         raise ApiError(400, INVALID_JSON, "body: JSON nested too deeply") from None
+    except ValueError as exc:  # _no_constant, _finite
+        raise ApiError(400, INVALID_JSON, f"body: not valid JSON: {exc}") from None
+    # Surrogates can only come from \\u escapes (the UTF-8 decoder above rejects encoded ones): skip the walk
+    # for the common body without any.
+    if "\\u" in text and _lone_surrogate(data):
+        raise ApiError(400, INVALID_JSON, "body: not valid JSON text: a \\u escape encodes a lone surrogate")
     if not isinstance(data, dict):
         raise ApiError(400, INVALID_BODY, f"body: expected a JSON object, got {type(data).__name__}")
     return data

@@ -80,7 +80,8 @@ def _settings(
         database_url=None, es_url=None, home=tmp / "home", pg_port=free_port(), broker_url=rabbit.url,
         redis_url=redis.url, queue_prefix=f"chaos{run}.", bm25_path=tmp / "bm25", api_port=free_port(),
         llm_base_url=llm.base_url, llm_model="fake-model", llm_api_key="chaos", llm_timeout_s=2.0,
-        llm_max_retries=1, mos_enable_scheduler=True, enable_preference_memory=True, relay_interval_s=0.5,
+        llm_max_retries=1, async_mode="async", mos_enable_scheduler=True, enable_preference_memory=True,
+        bm25_call=True, search_mode="fast", relay_interval_s=0.5,
         relay_grace_s=1.0, rate_limit_per_min=10_000_000, log_level="INFO",
     )  # fmt: skip
 

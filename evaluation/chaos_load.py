@@ -164,7 +164,10 @@ class Sender:
             at, out = item
             if (wait := at - time.time()) > 0 and self.stop.wait(wait):
                 return
-            self.client.send(out, self.stop)
+            try:
+                self.client.send(out, self.stop)
+            except Exception as exc:  # a malformed answer must not kill the thread (join() would wait forever)
+                out.errors.append(f"{type(exc).__name__}: {exc}"[:200])
             self.on_done(out)
             q.task_done()
         q.task_done()

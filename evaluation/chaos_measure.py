@@ -175,10 +175,10 @@ def count_phase(settings: Settings, tenant_id: uuid.UUID, conversations: list[st
             raw_of.setdefault((r[1], mid), []).append(r)
     problems: dict[str, list[str]] = {"no_message_row": [], "no_raw_memory": [], "not_in_bm25": [],
                                       "not_found_by_search": []}  # fmt: skip
-    stored = {m.client_id: m for m in msgs}
+    stored = {(m.client_id, str(m.ingest_id)): m for m in msgs}
     for cid, o in expected.items():
-        m = stored.get(cid)
-        if m is None or str(m.ingest_id) != o.ingest_id:
+        m = stored.get((cid, str(o.ingest_id)))
+        if m is None:
             problems["no_message_row"].append(cid)
             continue
         mine = [r for r in raw_of.get((m.ingest_id, m.id), []) if r[4] == "activated" and r[5]]

@@ -32,19 +32,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from sqlalchemy import text
 from tqdm import tqdm
 
-from evaluation.bench import _delete_topology, _free_port
+from evaluation.bench import CpuMeter, _contention_warnings, _db_backends, _delete_topology, _free_port, stage_timings
 from evaluation.load_driver import Driver, Planned, Sampler
 from evaluation.load_report import Window, plot, summarize
 from evaluation.texts import ConversationGenerator
 from memos_pipeline import pgserver, store
 from memos_pipeline.config import Settings
 from memos_pipeline.db import get_engine, session_scope
+
+if TYPE_CHECKING:
+    from memos_pipeline.cli.stack import Stack
 
 USER_ID = "load_user"
 CONVERSATIONS = 8  # adds are spread over this many conversations per step
@@ -59,6 +62,7 @@ class Run:
     gen: ConversationGenerator
     queries: list[str]
     progress: bool
+    cpu: CpuMeter | None = None
 
 
 def schedule(run: Run, step: int, add_rate: float, search_rate: float, seconds: float, per_add: int) -> list[Planned]:
@@ -116,6 +120,12 @@ def run_step(run: Run, step: int, add_rate: float, search_rate: float, seconds: 
     ingests = ingest_times(run.cfg, [o.ingest_id for o in outcomes if o.ingest_id])
     win = Window(start=t0 - run.sampler.t0, seconds=seconds, wall_start=wall_start)
     summary = summarize(outcomes, t0, win, run.sampler.timeline, ingests, add_rate, search_rate, per_add)
+    # Where an ingest's time went (queue waits, chunker, embedding, indexer) and which stage was busiest.
+    summary["stages_ms"] = stage_timings(run.cfg, [o.ingest_id for o in outcomes if o.ingest_id])
+    if run.cpu is not None:
+        name = f"step {step}: {add_rate:g} adds/s (load and drain)"
+        run.cpu.phase(name)
+        summary["cpu_s"] = run.cpu.phases[name]
     return {"step": step, **summary}
 
 
@@ -163,7 +173,7 @@ def find_max(run: Run, start: float, seconds: float, per_add: int, search: tuple
 
 
 @contextmanager
-def isolated_stack(settings: Settings, run_id: str, tmp: Path) -> Iterator[Settings]:
+def isolated_stack(settings: Settings, run_id: str, tmp: Path) -> Iterator[tuple[Settings, Stack]]:
     """The stack ``up`` runs, on a database, queue prefix, BM25 directory and API port of its own; all removed
     (and the processes stopped) on exit."""
     from memos_pipeline.cli.stack import CORE_QUEUES, Stack
@@ -183,7 +193,7 @@ def isolated_stack(settings: Settings, run_id: str, tmp: Path) -> Iterator[Setti
         stack = Stack(cfg, queues=queues, quiet=True)
         stack.start()
         stack.wait_ready(timeout=180)
-        yield cfg
+        yield cfg, stack
     finally:
         if stack is not None:
             stack.stop(stop_db=False)
@@ -229,7 +239,7 @@ def run_load(
     search = ("rate", search_rate) if search_rate is not None else ("ratio", search_ratio)
     gen = ConversationGenerator(seed)
     try:
-        with isolated_stack(settings, run_id, tmp) as cfg:
+        with isolated_stack(settings, run_id, tmp) as (cfg, stack):
             from memos_pipeline.cli.stack import CORE_QUEUES
 
             with session_scope(cfg) as s:
@@ -241,6 +251,10 @@ def run_load(
             sampler.start()
             try:
                 _warm_up(run)
+                roots = {name: p.pid for name, p in stack.procs}
+                own_db = cfg.database_url != settings.database_url
+                run.cpu = CpuMeter({**roots, "load client": os.getpid()},
+                                   (lambda: _db_backends(cfg)) if own_db else list)  # fmt: skip
                 if find:
                     steps = find_max(run, rate, seconds, per_add, search, step_factor, max_rate, refine)
                 else:
@@ -272,6 +286,7 @@ def run_load(
         "queues_stop_draining_at_add_rate": min((s["offered"]["add_rate"] for s in bad), default=None),
         "steps": steps,
         "loadavg_start_end": [load_start, list(os.getloadavg())],
+        "warnings": _contention_warnings({f"step {s['step']}": s["cpu_s"] for s in steps if "cpu_s" in s}),
         "report": {"json": str(report / "load.json"), "png": str(report / "load.png")},
         "notes": NOTES,
     }  # fmt: skip
@@ -297,6 +312,10 @@ NOTES = [
     "sustainable: error rate <= 1%, achieved add rate >= 95% of offered, backlog growth over the second half of "
     "the window <= 5% of the offered rate, and the backlog drains within max(5 s, 10% of the window) after the "
     "load stops (why_not names what failed).",
+    "stages_ms: per-stage latencies from ingests.stages (queue waits, chunker with its embedding share, indexer); "
+    "busy_fraction = summed stage time / wall time of the step's ingests: near 1.0 that stage is the bottleneck.",
+    "cpu_s: CPU seconds per process during each step (load and drain) from /proc; the 'other' share is load from "
+    "outside this run (other users), which lowers every number here (see warnings).",
     "The client, the API, every worker and Postgres share this machine's cores: the numbers are for the whole "
     "single-machine deployment, and other load on the machine (loadavg_start_end) lowers them.",
 ]

@@ -16,7 +16,8 @@ from evaluation.load_driver import Outcome, Timeline
 # A rate is sustainable when all of these hold (each failure is named in ``why_not``):
 MAX_ERROR_RATE = 0.01  # at most 1% of requests fail
 MIN_ACHIEVED = 0.95  # the adds acknowledged per second reach 95% of the offered rate
-MAX_GROWTH_SHARE = 0.05  # the backlog grows by at most 5% of the offered rate over the second half of the window
+MAX_GROWTH_SHARE = 0.05  # the backlog grows by at most 5% of the offered rate over the second half of the window,
+MIN_GROWTH_ITEMS = 3.0  # or by fewer than this many ingests in all over that half (noise at low rates)
 MIN_DRAIN_S, DRAIN_SHARE = 5.0, 0.1  # after the load stops, the backlog drains within max(5 s, 10% of the window)
 
 
@@ -84,7 +85,7 @@ def summarize(
         why_not.append(f"error rate {error_rate:.1%} > {MAX_ERROR_RATE:.0%}")
     if achieved < MIN_ACHIEVED * add_rate:
         why_not.append(f"achieved {achieved:.2f} adds/s < {MIN_ACHIEVED:.0%} of the offered {add_rate:g}")
-    if growth is not None and growth > MAX_GROWTH_SHARE * add_rate:
+    if growth is not None and growth > MAX_GROWTH_SHARE * add_rate and growth * win.seconds / 2 > MIN_GROWTH_ITEMS:
         why_not.append(f"backlog grew {growth:.2f} ingests/s over the second half of the window")
     drain_limit = max(MIN_DRAIN_S, DRAIN_SHARE * win.seconds)
     if drain_s is None:

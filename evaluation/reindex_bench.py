@@ -17,12 +17,15 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ import numpy as np
 import psycopg
 
 from evaluation.texts import ConversationGenerator
-from memos_pipeline import migrate, pgserver, reindex
+from memos_pipeline import migrate, pgserver, reembed, reindex
 from memos_pipeline.bm25 import Bm25Query, get_index
 from memos_pipeline.config import Settings, get_settings
 from memos_pipeline.db import get_engine
@@ -93,22 +96,22 @@ def reindex_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "memos_pipeline.cli.reindex", "--json", *args]
 
 
-def kill_half_way(cfg: Settings, env: dict[str, str], args: list[str], fraction: float, timeout: float) -> float:
-    """Start a re-index, SIGKILL it once ``fraction`` of its batches are checkpointed; returns its seconds."""
-    cp = reindex.Checkpoint(cfg)
+def kill_half_way(cp: Any, command: list[str], env: dict[str, str], fraction: float, timeout: float) -> float:
+    """Start a batch job (``command``), SIGKILL it once ``fraction`` of its batches are checkpointed in ``cp``
+    (a ``batchjob.Checkpoint``); returns its seconds."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(reindex_command(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         while time.perf_counter() - t0 < timeout:
             job = cp.load()
             if job and job.bounds and len(cp.done(job.job_id)) >= fraction * job.batches:
                 break
             if proc.poll() is not None:
-                raise RuntimeError(f"reindex exited before the kill: {proc.communicate()}")
+                raise RuntimeError(f"{command[2]} exited before the kill: {proc.communicate()}")
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
-        proc.wait()
+        proc.communicate()
     return time.perf_counter() - t0
 
 
@@ -168,14 +171,26 @@ class LiveUpserts(threading.Thread):
         app.close()
 
 
-def run_bench(settings: Settings, n: int = 100_000, batch_size: int = 2000, kill_at: float | None = 0.5,
-              window: int | None = None) -> dict[str, Any]:  # fmt: skip
-    from memos_pipeline.cli.stack import Stack, settings_env
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def own_stack(settings: Settings, name: str, queues: tuple[str, ...], private_pg: bool = False) -> Iterator[Settings]:
+    """A stack of its own for a benchmark: database, queue prefix, BM25 directory, the workers of ``queues``;
+    all of it removed afterwards (and the jobs' checkpoints in Redis). ``private_pg``: with the embedded database,
+    a Postgres server of its own too (on a free port), so that nobody else stopping the shared one stops the run."""
+    from memos_pipeline.cli.stack import Stack
 
     run = uuid.uuid4().hex[:6]
-    tmp = Path(tempfile.mkdtemp(prefix=f"memos-reindex-bench-{run}-"))
-    base = settings.with_overrides(queue_prefix=f"rxbench{run}.", bm25_path=tmp / "bm25", log_level="WARNING")
-    own_db, cfg, started_pg = f"memos_rxbench_{run}", base, False
+    tmp = Path(tempfile.mkdtemp(prefix=f"memos-{name}-bench-{run}-"))
+    base = settings.with_overrides(queue_prefix=f"{name}bench{run}.", bm25_path=tmp / "bm25", log_level="WARNING")
+    if private_pg and base.embedded_db:
+        tmp.chmod(0o755)  # the server's OS user (when we are root) keeps its data dir in here: removed with it
+        base = base.with_overrides(home=tmp / "home", pg_port=free_port())
+    own_db, cfg, started_pg = f"memos_{name}bench_{run}", base, False
     stack: Stack | None = None
     try:
         if base.embedded_db:
@@ -183,9 +198,29 @@ def run_bench(settings: Settings, n: int = 100_000, batch_size: int = 2000, kill
             pgserver.ensure_database(base, own_db)
             cfg = base.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{base.pg_port}/{own_db}")
         migrate.upgrade(cfg)
-        stack = Stack(cfg, queues=("indexer",), api=False, quiet=True)
+        stack = Stack(cfg, queues=queues, api=False, quiet=True)
         stack.start()
-        stack.wait_ready(timeout=120)
+        stack.wait_ready(timeout=180)
+        yield cfg
+    finally:
+        if stack is not None:
+            stack.stop(stop_db=False)
+            _delete_queues(cfg)
+        if cfg is not base:
+            get_engine(cfg).dispose()
+            pgserver.drop_database(base, own_db)
+        if started_pg:
+            pgserver.stop(base)
+        shutil.rmtree(tmp, ignore_errors=True)
+        reindex.Checkpoint(base).forget_all()
+        reembed.Checkpoint(base).forget_all()
+
+
+def run_bench(settings: Settings, n: int = 100_000, batch_size: int = 2000, kill_at: float | None = 0.5,
+              window: int | None = None) -> dict[str, Any]:  # fmt: skip
+    from memos_pipeline.cli.stack import settings_env
+
+    with own_stack(settings, "rx", ("indexer",)) as cfg:
         tenant_id = uuid.uuid4()
         t0 = time.perf_counter()
         insert_memories(cfg, tenant_id, n)
@@ -195,7 +230,8 @@ def run_bench(settings: Settings, n: int = 100_000, batch_size: int = 2000, kill
         searcher.start()
         live = LiveUpserts(cfg, tenant_id)
         live.start()
-        first_s = kill_half_way(cfg, env, args, kill_at, timeout=3600) if kill_at else 0.0
+        cp = reindex.Checkpoint(cfg)
+        first_s = kill_half_way(cp, reindex_command(*args), env, kill_at, timeout=3600) if kill_at else 0.0
         t1 = time.perf_counter()
         proc = subprocess.run(reindex_command(*args), env=env, capture_output=True, text=True, check=False)
         second_s = time.perf_counter() - t1
@@ -223,23 +259,6 @@ def run_bench(settings: Settings, n: int = 100_000, batch_size: int = 2000, kill
             "count_in_index": get_index(cfg).count(str(tenant_id)),
             "loadavg_1m": os.getloadavg()[0],
         }  # fmt: skip
-    finally:
-        if stack is not None:
-            stack.stop(stop_db=False)
-            _delete_queues(cfg)
-        if cfg is not base:
-            get_engine(cfg).dispose()
-            pgserver.drop_database(base, own_db)
-        if started_pg:
-            pgserver.stop(base)
-        shutil.rmtree(tmp, ignore_errors=True)
-        _cleanup_redis(base)
-
-
-def _cleanup_redis(cfg: Settings) -> None:
-    cp = reindex.Checkpoint(cfg)
-    for key in cp.r.scan_iter(f"{cp.key}*"):
-        cp.r.delete(key)
 
 
 def _delete_queues(cfg: Settings) -> None:

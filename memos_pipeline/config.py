@@ -87,7 +87,9 @@ class Settings(BaseSettings):
 
     # --- pipeline ---
     chunk_turns: int = Field(3, ge=1, validation_alias=_env("MEMOS_CHUNK_TURNS"))
-    chunk_overlap: int = Field(1, ge=0, validation_alias=_env("MEMOS_CHUNK_OVERLAP"))
+    # Windows slide one turn at a time (overlap = turns - 1): every turn is scored with its neighbours on both
+    # sides, and search joins overlapping hits into spans (context.py). Measured on LoCoMo (evaluation/).
+    chunk_overlap: int = Field(2, ge=0, validation_alias=_env("MEMOS_CHUNK_OVERLAP"))
     extract_batch_messages: int = Field(20, ge=1, validation_alias=_env("MEMOS_EXTRACT_BATCH_MESSAGES"))
     # Fast adder: a new fact/preference at least this cosine-similar to an active one is a duplicate.
     dedup_threshold: float = Field(0.92, gt=0, le=1, validation_alias=_env("MEMOS_DEDUP_THRESHOLD"))
@@ -97,6 +99,8 @@ class Settings(BaseSettings):
     search_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("MEMOS_SEARCH_TIMEOUT_S"))
     mixture_deadline_ms: int = Field(300, ge=1, validation_alias=_env("MIXTURE_DEADLINE_MS"))
     fusion: Literal["rrf", "weighted"] = Field("weighted", validation_alias=_env("MEMOS_FUSION"))
+    # Each conversation turn returned once, neighbouring hits joined into spans (context.py); off: whole windows.
+    search_dedup_turns: bool = Field(True, validation_alias=_env("MEMOS_SEARCH_DEDUP_TURNS"))
     relay_interval_s: float = Field(2.0, gt=0, validation_alias=_env("MEMOS_RELAY_INTERVAL_S"))
     sweep_after_s: float = Field(300.0, gt=0, validation_alias=_env("MEMOS_SWEEP_AFTER_S"))
     relay_grace_s: float = Field(5.0, ge=0, validation_alias=_env("MEMOS_RELAY_GRACE_S"))

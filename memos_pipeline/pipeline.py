@@ -33,10 +33,9 @@ class ChunkResult:
 
 
 def _raw_row(w: Window, vector: list[float]) -> dict[str, object]:
-    first_line = w.text.split("\n", 1)[0]
     return {
         "chunk_idx": w.chunk_idx,
-        "memory_key": first_line[:80],
+        "memory_key": w.key,
         "memory_value": w.text,
         "sources": w.sources,
         "source_message_ids": [uuid.UUID(m) for m in w.message_ids],

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import requests
 
+from memos_pipeline.chunking import turn_texts
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import get_embedder
 
@@ -72,7 +73,7 @@ class SingleTurnReranker:
         unique: dict[str, int] = {}
         owners: list[list[int]] = []
         for doc in docs:
-            turns = [t for t in doc.split("\n") if t.strip()]
+            turns = turn_texts(doc)
             owners.append([unique.setdefault(t, len(unique)) for t in turns])
         turn_scores = self.inner.scores(query, list(unique)) if unique else []
         return [max((turn_scores[i] for i in idx), default=0.0) for idx in owners]  # a blank document scores 0

@@ -15,10 +15,11 @@ import numpy as np
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, defer
 
-from memos_pipeline import fusion
+from memos_pipeline import context, fusion, store
 from memos_pipeline.bm25 import Bm25Index, Bm25Query
+from memos_pipeline.chunking import Turn, render_window
 from memos_pipeline.embedders import Embedder
-from memos_pipeline.models import Memory, Preference
+from memos_pipeline.models import Memory, Message, Preference
 from memos_pipeline.schemas import SearchJob
 from memos_pipeline.tokenizer import tokenize
 
@@ -78,10 +79,17 @@ def _scoped(job: SearchJob) -> Select[Any]:
 
 
 def fast_search(
-    session: Session, embedder: Embedder, index: Bm25Index | None, job: SearchJob, *, fusion_method: str = "weighted"
+    session: Session,
+    embedder: Embedder,
+    index: Bm25Index | None,
+    job: SearchJob,
+    *,
+    fusion_method: str = "weighted",
+    dedup_turns: bool = True,
 ) -> SearchOutput:
     """Dense + BM25 recall, fused; ``index=None`` (BM25_CALL=false) is dense-only; ``job.channels`` restricts
-    recall to the named channels (the harness's BM25-only and dense-only baselines)."""
+    recall to the named channels (the harness's BM25-only and dense-only baselines). ``dedup_turns``: each
+    conversation turn is returned once (:mod:`memos_pipeline.context`)."""
     use_dense = job.channels is None or "dense" in job.channels
     if job.channels is not None and "bm25" not in job.channels:
         index = None
@@ -89,7 +97,8 @@ def fast_search(
     clock = _Clock(timings)
     qvec = embedder.embed([job.query])[0]
     clock.lap("embed")
-    n_cand = max(2 * job.top_k, MIN_CANDIDATES)
+    # With turn dedup, windows sliding by one turn collapse: ask each channel for more to still fill top_k.
+    n_cand = max((4 if dedup_turns else 2) * job.top_k, MIN_CANDIDATES)
     distance = Memory.embedding.cosine_distance(qvec.tolist())
     # The similarity is computed in SQL and the 384-float vectors stay in Postgres (defer): loading them for every
     # candidate cost more than the vector search itself.
@@ -124,11 +133,47 @@ def fast_search(
         })  # fmt: skip
     else:
         ranked = fusion.weighted({"dense": dense_scores, "bm25": bm25_scores}, FUSION_WEIGHTS, frozenset({"bm25"}))
-    items = [memory_item(by_id[i], s) for i, s in fusion.top(ranked, job.top_k)]
+    if dedup_turns:
+        items = _packed_items(session, job, by_id, fusion.top(ranked, len(ranked)))
+    else:
+        items = [memory_item(by_id[i], s) for i, s in fusion.top(ranked, job.top_k)]
     clock.lap("fuse")
     prefs = preference_search(session, job, qvec) if job.include_preference and job.pref_top_k else []
     clock.lap("preferences")
     return SearchOutput(items, prefs, timings)
+
+
+def _packed_items(
+    session: Session, job: SearchJob, by_id: dict[str, Memory], ranked: list[tuple[str, float]]
+) -> list[dict[str, Any]]:
+    """The top ``job.top_k`` items with every turn shown once and neighbouring hits joined into spans
+    (:mod:`memos_pipeline.context`); spans are re-rendered from their messages, read through the same scope."""
+    cands = [context.Candidate(i, s, by_id[i].kind, tuple(_message_ids(by_id[i]))) for i, s in ranked]
+    results = context.pack(cands, job.top_k)
+    spans = [r.turns if not context.is_whole(r, _message_ids(by_id[r.memory_id])) else None for r in results]
+    wanted = {uuid.UUID(t) for span in spans for t in span or ()}
+    turns: dict[str, Turn] = {}
+    if wanted:
+        rows = session.execute(
+            select(Message).where(
+                Message.tenant_id == job.tenant_id, Message.user_id == job.user_id, Message.id.in_(wanted)
+            )
+        ).scalars()
+        turns = {str(m.id): store.turn_of(m) for m in rows}
+    items = []
+    for r, span in zip(results, spans, strict=True):
+        item = memory_item(by_id[r.memory_id], r.score)
+        if span is not None and all(t in turns for t in span):  # a purged message leaves the window whole
+            shown = [turns[t] for t in span]
+            item["memory_value"] = render_window(shown)
+            item["sources"] = [t.source_id for t in shown]
+            item["info"] = {**item["info"], "span_of": [r.memory_id, *r.merged]}
+        items.append(item)
+    return items
+
+
+def _message_ids(m: Memory) -> list[str]:
+    return [str(x) for x in m.source_message_ids or ()]
 
 
 def preference_search(session: Session, job: SearchJob, qvec: np.ndarray) -> list[dict[str, Any]]:

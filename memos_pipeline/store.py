@@ -195,7 +195,7 @@ def mark_stage(session: Session, ingest_id: uuid.UUID, stage: str, status: str, 
 def ingest_turns(session: Session, ingest: Ingest, context: int) -> tuple[list[Turn], list[Turn]]:
     """The ingest's turns, and up to ``context`` turns of the same conversation accepted before it."""
     rows = session.execute(select(Message).where(Message.ingest_id == ingest.id).order_by(Message.seq)).scalars()
-    turns = [_turn(m) for m in rows]
+    turns = [turn_of(m) for m in rows]
     ctx: list[Turn] = []
     if context > 0:
         prev = session.execute(
@@ -208,11 +208,12 @@ def ingest_turns(session: Session, ingest: Ingest, context: int) -> tuple[list[T
             .order_by(Ingest.created_at.desc(), Message.seq.desc())
             .limit(context)
         ).scalars()  # fmt: skip
-        ctx = [_turn(m) for m in reversed(list(prev))]
+        ctx = [turn_of(m) for m in reversed(list(prev))]
     return turns, ctx
 
 
-def _turn(m: Message) -> Turn:
+def turn_of(m: Message) -> Turn:
+    """A stored message as the chunker sees it."""
     return Turn(str(m.id), m.client_id or str(m.id), m.role, m.content, m.name, m.chat_time)
 
 

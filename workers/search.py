@@ -22,5 +22,6 @@ def fast(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
     settings = self.settings
     index = get_index(settings) if settings.bm25_call else None
     with session_scope(settings) as s:
-        out = fast_search(s, get_embedder(settings), index, job, fusion_method=settings.fusion)
+        out = fast_search(s, get_embedder(settings), index, job, fusion_method=settings.fusion,
+                          dedup_turns=settings.search_dedup_turns)
     return asdict(out)

@@ -17,6 +17,7 @@ import pytest
 import requests
 import schemathesis
 from flask import Flask
+from flask.testing import FlaskClient
 from live_api import run_api
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
@@ -91,3 +92,37 @@ def test_the_document_covers_every_route(app: Flask) -> None:
     }
     documented = {(op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()}
     assert routes == documented
+
+
+# ---------------------------------------------------------------- what schemathesis never generates
+
+ADD_PREFIX = '{"user_id": "u1", "messages": [{"role": "user", "content": '
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        (ADD_PREFIX + '"hi"}], "info": {"x": NaN}}', "NaN is not a JSON number"),
+        (ADD_PREFIX + '"hi"}], "info": {"x": -Infinity}}', "-Infinity is not a JSON number"),
+        (ADD_PREFIX + '"hi"}], "info": {"x": 1e400}}', "out of range"),
+        (ADD_PREFIX + '"hi"}], "info": {"x": ' + "9" * 5000 + "}}", "not valid JSON"),
+        (ADD_PREFIX + '"lone \\ud800 half"}]}', "lone surrogate"),
+        (ADD_PREFIX + '"hi"}], "info": {"\\udfff": 1}}', "lone surrogate"),
+    ],
+)
+def test_json_python_accepts_but_postgres_cannot_store_is_400(
+    client: FlaskClient, auth: dict[str, str], raw: str, names: str
+) -> None:
+    """Python's json module takes NaN, Infinity, 1e400 (as inf), integers of any length (until its digit limit
+    raises) and lone surrogates; none of them is valid JSON text (RFC 8259) and Postgres or psycopg would fail on
+    them with a 500. They are a 400 naming the body."""
+    resp = client.post("/add/message", data=raw.encode(), headers={**auth, "Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert body["code"] == 40001 and body["message"].startswith("body: ") and names in body["message"], body
+
+
+def test_a_surrogate_pair_is_a_character_not_an_error(client: FlaskClient, auth: dict[str, str]) -> None:
+    raw = ADD_PREFIX + '"smile \\ud83d\\ude00"}], "info": {"big": 1e300, "n": 123456789012345678901234567890}}'
+    resp = client.post("/add/message", data=raw.encode(), headers={**auth, "Content-Type": "application/json"})
+    assert resp.status_code == 202, resp.get_data(as_text=True)

@@ -27,6 +27,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from memos_pipeline import store
+from memos_pipeline.chunking import turn_texts
 from memos_pipeline.config import Settings
 from memos_pipeline.db import session_scope
 from memos_pipeline.rerank import mixture_cache_key
@@ -182,7 +183,7 @@ def _ids(data: dict[str, Any]) -> list[str]:
 
 def _turn_score(window: str) -> float:
     """What the single_turn reranker gives a window: its best turn's relevance."""
-    return max((relevance(QUERY, t) for t in window.split("\n") if t.strip()), default=0.0)
+    return max((relevance(QUERY, t) for t in turn_texts(window)), default=0.0)
 
 
 def _redis(cfg: Settings) -> redis.Redis:

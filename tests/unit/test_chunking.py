@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from memos_pipeline.chunking import Turn, Window, render_turn, window_turns
+from memos_pipeline.chunking import Turn, Window, render_turn, render_window, turn_texts, window_turns
 
 pytestmark = pytest.mark.unit
 
@@ -113,11 +113,15 @@ def test_chat_time_and_speaker_in_text_and_info() -> None:
         Turn("3", "c3", "user", "Yes", name="Caroline", chat_time="2023-05-08 09:00"),
     ]
     (w,) = window_turns(conv, size=3, overlap=1)
+    # The date once, and again only where it changes.
     assert w.text.split("\n") == [
-        "[2023-05-07 10:00] Caroline: I moved to Paris",
+        "[2023-05-07 10:00]",
+        "Caroline: I moved to Paris",
         "assistant: Nice!",
-        "[2023-05-08 09:00] Caroline: Yes",
+        "[2023-05-08 09:00]",
+        "Caroline: Yes",
     ]
+    assert w.key == "Caroline: I moved to Paris"
     assert w.info == {
         "speakers": ["Caroline", "assistant"],
         "chat_time_start": "2023-05-07 10:00",
@@ -136,7 +140,12 @@ def test_info_without_chat_time() -> None:
 def test_speaker_defaults_to_role() -> None:
     assert Turn("1", "1", "assistant", "hi").speaker == "assistant"
     assert Turn("1", "1", "user", "hi", name="Bob").speaker == "Bob"
-    assert render_turn(Turn("1", "1", "user", "hi", name="Bob", chat_time="t0")) == "[t0] Bob: hi"
+    assert render_turn(Turn("1", "1", "user", "hi", name="Bob", chat_time="t0")) == "[t0]\nBob: hi"
+
+
+def test_one_date_line_for_turns_of_one_session() -> None:
+    same = [Turn(str(i), str(i), "user", f"turn {i}", name="Ann", chat_time="8 May 2023") for i in range(3)]
+    assert render_window(same) == "[8 May 2023]\nAnn: turn 0\nAnn: turn 1\nAnn: turn 2"
 
 
 def test_deterministic() -> None:
@@ -160,3 +169,13 @@ def test_sources_use_client_id_else_message_id() -> None:
 def test_invalid_args(size: int, overlap: int) -> None:
     with pytest.raises(ValueError, match="size must be >= 1"):
         window_turns(turns(3), size=size, overlap=overlap)
+
+
+def test_turn_texts_gives_each_turn_its_date() -> None:
+    conv = [
+        Turn("1", "1", "user", "I moved to Paris", name="Ann", chat_time="7 May"),
+        Turn("2", "2", "user", "Nice", name="Bob", chat_time="7 May"),
+        Turn("3", "3", "user", "Yes", name="Ann", chat_time="8 May"),
+    ]
+    assert turn_texts(render_window(conv)) == ["[7 May] Ann: I moved to Paris", "[7 May] Bob: Nice", "[8 May] Ann: Yes"]
+    assert turn_texts("a fact\n\nsecond line") == ["a fact", "second line"]

@@ -12,6 +12,7 @@ import pytest
 import requests
 from fake_reranker import FakeReranker, relevance
 
+from memos_pipeline.chunking import turn_texts
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import get_embedder
 from memos_pipeline.rerank import (
@@ -137,7 +138,7 @@ def test_http_respects_a_tei_batch_limit(fake: FakeReranker) -> None:
 
 
 WINDOWS = [
-    "[2023-05-01] Ana: I went hiking in the Alps.\nMaria: Nice! I bought a red bike yesterday.\nAna: Cool.",
+    "Ana: I went hiking in the Alps.\nMaria: Nice! I bought a red bike yesterday.\nAna: Cool.",
     "Ana: Bikes and bikes, the whole town talks about bikes and Maria and shopping and buying things all day",
     "Maria: Which one?",  # a single turn: no newline
     "Ana: hello\n\n   \nMaria: anything else",  # blank lines are not turns
@@ -149,13 +150,13 @@ WINDOWS = [
 def test_single_turn_window_scores_as_its_best_turn(http: tuple[str, HttpReranker], fake: FakeReranker) -> None:
     _, inner = http
     got = SingleTurnReranker(inner).scores(QUERY, WINDOWS)
-    turns = [[t for t in w.split("\n") if t.strip()] for w in WINDOWS]
+    turns = [turn_texts(w) for w in WINDOWS]
     expected = [max((relevance(QUERY, t) for t in ts), default=0.0) for ts in turns]
     assert got == pytest.approx(expected)
     # The best line wins over the window as a whole (the diluted score the plain reranker would give).
     assert got[0] > relevance(QUERY, WINDOWS[0])
     assert got[4] == got[5] == 0.0
-    # The server saw turns, never windows: one call with every non-blank line.
+    # The server saw turns, never windows: one call with every turn.
     (call,) = fake.calls()
     assert call["n"] == sum(map(len, turns)) == 7
     assert call["texts"] == [t for ts in turns for t in ts]
@@ -241,7 +242,7 @@ def test_rerank_items_orders_by_score_and_sets_relativity() -> None:
 def test_rerank_items_against_the_server(fake: FakeReranker) -> None:
     items = [_item(i, text) for i, text in enumerate(WINDOWS[:4])]
     out = rerank_items(SingleTurnReranker(HttpReranker(fake.url("/rerank"))), QUERY, items, top_k=10)
-    scores = [max((relevance(QUERY, t) for t in w.split("\n") if t.strip()), default=0.0) for w in WINDOWS[:4]]
+    scores = [max((relevance(QUERY, t) for t in turn_texts(w)), default=0.0) for w in WINDOWS[:4]]
     expected = sorted(range(4), key=lambda i: (-scores[i], i))
     assert [it["id"] for it in out] == [f"m{i}" for i in expected]
     assert [it["relativity"] for it in out] == pytest.approx([scores[i] for i in expected], abs=1e-6)
