@@ -54,6 +54,7 @@ from memos_pipeline.db import get_engine, session_scope
 from memos_pipeline.deadletter import replay
 
 QUEUES = ("chunker", "indexer", "search", "memreader", "preference")
+SUMMARY = ("messages_accepted", "lost", "duplicates", "recover_s", "sent_during_fault_searchable_s", "llm_recover_s")
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,12 @@ def _settings(
         bm25_call=True, search_mode="fast", relay_interval_s=0.5,
         relay_grace_s=1.0, rate_limit_per_min=10_000_000, log_level="INFO",
     )  # fmt: skip
+
+
+def phase_messages(messages: int, faults: tuple[str, ...]) -> dict[str, int]:
+    """The messages of each fault's phase: an even split, the remainder to the first ones."""
+    per, extra = divmod(messages, len(faults))
+    return {name: per + (1 if i < extra else 0) for i, name in enumerate(faults)}
 
 
 def _split(adds: list[Any]) -> tuple[list[Any], list[Any], list[Any]]:
@@ -132,7 +139,9 @@ class ChaosRun:
         self.cfg = _settings(base, self.tmp, self.run, self.rabbit, self.redis, self.llm)
         self.stack = ChaosStack(self.cfg, queues=QUEUES, quiet=True, log_dir=self.tmp / "logs")
         self.gen = ConversationGenerator(opts.seed)
-        self.bar = tqdm(total=-(-opts.messages // opts.per_add), unit="add", file=sys.stderr, disable=not opts.progress)
+        self.plan = phase_messages(opts.messages, opts.faults)
+        adds = sum(-(-m // opts.per_add) for m in self.plan.values())
+        self.bar = tqdm(total=adds, unit="add", file=sys.stderr, disable=not opts.progress)
         self.markers = 0
 
     def log(self, msg: str) -> None:
@@ -194,7 +203,7 @@ class ChaosRun:
             rows = stage_rows(self.cfg, convs)
         result = {
             **count_phase(self.cfg, self.tenant_id, convs, outcomes, client, self.opts.sample, self.opts.seed),
-            **recovery(rows, outcomes, fault.t_end),
+            **recovery(rows, outcomes, fault.t_start, fault.t_end),
             "fault": fault.evidence,
             "clients": _window(outcomes, fault),
             "drain": drain,
@@ -227,15 +236,14 @@ class ChaosRun:
 def run_chaos(base: Settings, opts: Options) -> dict[str, Any]:
     """Run every fault of ``opts.faults`` in turn on a fresh stack of the suite's own; return the report."""
     cr = ChaosRun(base, opts)
-    per, extra = divmod(opts.messages, len(opts.faults))
     faults: dict[str, Any] = {}
     error = None
     load_start = list(os.getloadavg())
     try:
         ch, client, celery = cr.start()
-        for i, name in enumerate(opts.faults):
+        for name, messages in cr.plan.items():
             try:
-                faults[name] = cr.phase(ch, client, celery, name, per + (1 if i < extra else 0))
+                faults[name] = cr.phase(ch, client, celery, name, messages)
             except Exception as exc:
                 faults[name] = {"error": "".join(traceback.format_exception(exc))[-3000:]}
                 error = f"{name}: {type(exc).__name__}: {exc}"
@@ -247,10 +255,7 @@ def run_chaos(base: Settings, opts: Options) -> dict[str, Any]:
     return {
         "ok": ok,
         "error": error,
-        "summary": {
-            name: {k: f.get(k) for k in ("messages_accepted", "lost", "duplicates", "recover_s", "llm_recover_s")}
-            for name, f in faults.items()
-        },  # fmt: skip
+        "summary": {name: {k: f.get(k) for k in SUMMARY} for name, f in faults.items()},
         "faults": faults,
         "config": {
             "messages": opts.messages,
@@ -288,15 +293,15 @@ def run_chaos(base: Settings, opts: Options) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The summary table of a report."""
-    lines = ["| fault | accepted msgs | lost | duplicates | recover_s | llm_recover_s | evidence |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| fault | accepted msgs | lost | duplicates | recover_s | sent during: searchable_s | llm_recover_s | "
+             "evidence |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, f in result["faults"].items():
         if "error" in f:
-            lines.append(f"| {name} | error | | | | | {f['error'].splitlines()[-1][:120]} |")
+            lines.append(f"| {name} | error | | | | | | {f['error'].splitlines()[-1][:120]} |")
             continue
         ev = ", ".join(f"{k}={v}" for k, v in f["fault"].items() if not isinstance(v, dict | list))[:160]
         lines.append(f"| {name} | {f['messages_accepted']} | {f['lost']} | {f['duplicates']} | {f['recover_s']} | "
-                     f"{f['llm_recover_s']} | {ev} |")  # fmt: skip
+                     f"{f['sent_during_fault_searchable_s']} | {f['llm_recover_s']} | {ev} |")  # fmt: skip
     verdict = "OK: nothing lost, nothing doubled" if result["ok"] else f"NOT OK {result['error'] or ''}"
     return "\n".join([f"## memos-pipeline chaos: {verdict}", "", *lines, ""])
 

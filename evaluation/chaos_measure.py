@@ -45,7 +45,10 @@ DEFINITIONS = {
     "(Idempotency-Key) + raw memories beyond one per (conversation, content_hash) + BM25 documents beyond one per "
     "memory id + activated facts beyond one per content_hash, over everything stored for the phase's conversations",
     "recover_s": "from the end of the fault (the service back, the workers restarted, the LLM answering again) to "
-    "the moment every add accepted up to then was searchable (chunker and indexer stages finished)",
+    "the moment every add accepted up to then was searchable (chunker and indexer stages finished); this includes "
+    "the backlog of adds accepted before the fault",
+    "sent_during_fault_searchable_s": "the same, for the adds sent while the fault lasted only (broker_outage: "
+    "seconds from the broker back to every add accepted during the outage searchable)",
     "llm_recover_s": "from the end of the fault to the last LLM stage (memreader, preference) finishing",
 }
 
@@ -101,26 +104,35 @@ def stage_summary(rows: list[tuple[uuid.UUID, str, dict[str, Any]]]) -> dict[str
     return out
 
 
-def recovery(
-    rows: list[tuple[uuid.UUID, str, dict[str, Any]]], outcomes: list[Outcome], t_end: float
-) -> dict[str, Any]:
-    """Seconds from ``t_end`` until the adds accepted by then were all searchable, and until the LLM stages of all
-    the phase's ingests had finished."""
+def _searchable_at(stages: dict[str, Any]) -> float | None:
+    """When both the vector (chunker) and the keyword (indexer) side of the add were done."""
+    if not all(stages.get(st, {}).get("status") == "done" for st in ("chunker", "indexer")):
+        return None
+    done = [_ts(stages[st].get("finished_at")) for st in ("chunker", "indexer")]
+    return max(t for t in done if t is not None)
+
+
+def recovery(rows: list[tuple[uuid.UUID, str, dict[str, Any]]], outcomes: list[Outcome], t_start: float,
+             t_end: float) -> dict[str, Any]:  # fmt: skip
+    """Seconds from ``t_end`` until the adds accepted by then were all searchable (and, of those, the adds sent
+    while the fault lasted), and until the LLM stages of all the phase's ingests had finished."""
     stages = {str(i): s for i, _, s in rows}
     searchable: list[float] = []
+    sent_during: list[float] = []
     for o in outcomes:
         if o.ingest_id is None or o.accepted_at is None or o.accepted_at > t_end:
             continue
-        s = stages.get(o.ingest_id, {})
-        done = [_ts(s.get(st, {}).get("finished_at")) for st in ("chunker", "indexer")]
-        if all(s.get(st, {}).get("status") == "done" for st in ("chunker", "indexer")):
-            searchable.append(max(t for t in done if t is not None))
+        if (t := _searchable_at(stages.get(o.ingest_id, {}))) is not None:
+            searchable.append(t)
+            if o.first_sent >= t_start:
+                sent_during.append(t)
     llm_done = [
         t for s in stages.values() for st in ("memreader", "preference")
         if s.get(st, {}).get("status") == "done" and (t := _ts(s[st].get("finished_at"))) is not None
     ]  # fmt: skip
     return {
         "recover_s": round(max(0.0, max(searchable) - t_end), 2) if searchable else None,
+        "sent_during_fault_searchable_s": round(max(0.0, max(sent_during) - t_end), 2) if sent_during else None,
         "llm_recover_s": round(max(0.0, max(llm_done) - t_end), 2) if llm_done else None,
     }
 

@@ -239,7 +239,7 @@ def own_stack(settings: Settings, name: str) -> Iterator[Harness]:
     else:
         cfg = base
     queues = [*CORE_QUEUES, "memreader", "preference"] if cfg.llm_enabled else list(CORE_QUEUES)
-    stack = Stack(cfg, queues=queues, quiet=True)
+    stack = Stack(cfg, queues=queues, quiet=os.environ.get('MEMOS_EVAL_VERBOSE') != '1')
     api: Api | None = None
     try:
         stack.start()
@@ -268,7 +268,14 @@ def wait_ingests(api: Api, ingest_ids: Sequence[str], timeout_s: float, bar: tqd
     while pending:
         still: list[str] = []
         for ingest_id in pending[:POLL_BATCH]:  # the oldest first; the rest wait for the next rounds
-            _, data = api.post("/get/status", {"ingest_id": ingest_id})
+            try:
+                _, data = api.post("/get/status", {"ingest_id": ingest_id})
+            except HttpError as e:
+                if e.status < 500:
+                    raise
+                api.retries += 1  # a transient server error (counted in the results): ask again next round
+                still.append(ingest_id)
+                continue
             if data["status"] == "failed":
                 raise RuntimeError(f"ingest {ingest_id} failed: {data['stages']}")
             if data["status"] != "done":

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     fast_graph: bool = Field(False, validation_alias=_env("FAST_GRAPH"))
     bm25_call: bool = Field(True, validation_alias=_env("BM25_CALL"))
     search_mode: Literal["fast", "fine", "mixture"] = Field("fast", validation_alias=_env("SEARCH_MODE"))
+    # Query enrichment (query.py): of the conversation's last WINDOW_SIZE turns, the HISTORY_TURNS most similar
+    # to the query join it. Off by default: measured neutral-to-harmful where questions stand alone (LoCoMo).
     api_search_window_size: int = Field(5, ge=0, validation_alias=_env("API_SEARCH_WINDOW_SIZE"))
     api_search_history_turns: int = Field(0, ge=0, validation_alias=_env("API_SEARCH_HISTORY_TURNS"))
     mos_reranker_backend: Literal["none", "http_bge", "http_bge_strategy", "cosine_local"] = Field(

@@ -66,7 +66,7 @@ class ReembedAll(BaseModel):
     model_config = ConfigDict(extra="forbid")
     v: Literal[1] = 1
     model: str = Field(min_length=1, max_length=1000)
-    batch_size: int = Field(500, ge=1, le=100_000)
+    batch_size: int = Field(100, ge=1, le=100_000)
     window: int | None = Field(None, ge=1, le=256)  # None: default_window(settings)
     job_id: str | None = None
 

@@ -20,6 +20,7 @@ from memos_pipeline.bm25 import Bm25Index, Bm25Query
 from memos_pipeline.chunking import Turn, render_window
 from memos_pipeline.embedders import Embedder
 from memos_pipeline.models import Memory, Message, Preference
+from memos_pipeline.query import build_query
 from memos_pipeline.schemas import SearchJob
 from memos_pipeline.tokenizer import tokenize
 
@@ -86,16 +87,20 @@ def fast_search(
     *,
     fusion_method: str = "weighted",
     dedup_turns: bool = True,
+    history_turns: int = 0,
+    history_window: int = 0,
 ) -> SearchOutput:
     """Dense + BM25 recall, fused; ``index=None`` (BM25_CALL=false) is dense-only; ``job.channels`` restricts
     recall to the named channels (the harness's BM25-only and dense-only baselines). ``dedup_turns``: each
-    conversation turn is returned once (:mod:`memos_pipeline.context`)."""
+    conversation turn is returned once (:mod:`memos_pipeline.context`). ``history_turns`` of the conversation's
+    last ``history_window`` turns enrich the query (:mod:`memos_pipeline.query`)."""
     use_dense = job.channels is None or "dense" in job.channels
     if job.channels is not None and "bm25" not in job.channels:
         index = None
     timings: dict[str, float] = {}
     clock = _Clock(timings)
-    qvec = embedder.embed([job.query])[0]
+    query = build_query(session, embedder, job, history_turns, history_window)
+    qvec = query.vector
     clock.lap("embed")
     # With turn dedup, windows sliding by one turn collapse: ask each channel for more to still fill top_k.
     n_cand = max((4 if dedup_turns else 2) * job.top_k, MIN_CANDIDATES)
@@ -114,7 +119,7 @@ def fast_search(
     if index is not None:
         f = job.filters
         hits = index.search(
-            Bm25Query(str(job.tenant_id), job.user_id, tuple(tokenize(job.query)), f.conversation_id,
+            Bm25Query(str(job.tenant_id), job.user_id, tuple(tokenize(query.text)), f.conversation_id,
                       (f.kind,) if f.kind else (), n_cand)
         )  # fmt: skip
         bm25_scores = dict(hits)
@@ -138,7 +143,7 @@ def fast_search(
     else:
         items = [memory_item(by_id[i], s) for i, s in fusion.top(ranked, job.top_k)]
     clock.lap("fuse")
-    prefs = preference_search(session, job, qvec) if job.include_preference and job.pref_top_k else []
+    prefs = preference_search(session, job, query.query_vector) if job.include_preference and job.pref_top_k else []
     clock.lap("preferences")
     return SearchOutput(items, prefs, timings)
 

@@ -1,6 +1,6 @@
 """What ``memos-pipeline reindex`` and ``reembed`` share: calling a step task, checking a queue has workers, and
-driving a job's batch tasks as Celery groups (two groups in flight: the workers never idle between groups, and a
-live task queued meanwhile waits behind at most two groups, not behind the whole job) with a progress bar.
+driving a job's batch tasks as Celery groups, a bounded number in flight (so a live task queued meanwhile waits
+behind at most that many groups, not behind the whole job), with a progress bar.
 
 Heavy imports (Celery) happen inside the functions: registering the commands must not slow down ``--help``.
 """
@@ -54,24 +54,24 @@ def progress_bar(total: int, initial: int, desc: str, progress: bool | None) -> 
 
 
 def drive(app: Celery, task: str, payload: Callable[[int], dict[str, Any]], todo: list[int], *, window: int,
-          stop_after: int | None, timeout: float, bar: tqdm) -> tuple[int, int]:  # fmt: skip
-    """Run the ``todo`` batches as groups of ``window`` ``task`` tasks (``payload(i)`` for batch ``i``), two groups
-    in flight. Returns (batches, rows) done, the rows as the tasks report them."""
+          stop_after: int | None, timeout: float, bar: tqdm, inflight: int = 2) -> tuple[int, int]:  # fmt: skip
+    """Run the ``todo`` batches as groups of ``window`` ``task`` tasks (``payload(i)`` for batch ``i``), ``inflight``
+    groups at a time. Returns (batches, rows) done, the rows as the tasks report them."""
     from collections import deque
 
     from celery import group
     from celery.result import AsyncResult
 
-    queue, inflight = deque(todo), deque[list[AsyncResult]]()
+    queue, running = deque(todo), deque[list[AsyncResult]]()
     budget = len(todo) if stop_after is None else min(stop_after, len(todo))
     batches = rows = 0
-    while (queue and budget) or inflight:
-        while queue and budget and len(inflight) < 2:
+    while (queue and budget) or running:
+        while queue and budget and len(running) < inflight:
             chunk = [queue.popleft() for _ in range(min(window, len(queue), budget))]
             budget -= len(chunk)
             sigs = [app.signature(task, args=[payload(i)], options={"ignore_result": False}) for i in chunk]
-            inflight.append(list(group(sigs).apply_async().results))
-        head, deadline, seen = inflight[0], time.monotonic() + timeout, 0
+            running.append(list(group(sigs).apply_async().results))
+        head, deadline, seen = running[0], time.monotonic() + timeout, 0
         while seen < len(head):
             ready = sum(r.ready() for r in head)
             bar.update(ready - seen)
@@ -86,5 +86,5 @@ def drive(app: Celery, task: str, payload: Callable[[int], dict[str, Any]], todo
             rows += int(r.result or 0)
             r.forget()
         batches += len(head)
-        inflight.popleft()
+        running.popleft()
     return batches, rows

@@ -1,8 +1,8 @@
 """``memos-pipeline reembed --model M``: recompute every embedding with model M into a new column, then swap it in.
 
 This process drives the job and the chunker workers (the embedding workers) do it: begin (the new column, or the
-previous model's brought back for a rollback), then groups of ``memos.chunker.reembed_batch`` tasks (two groups
-in flight, as ``reindex``), then the HNSW index on the new column (built from this process, so no chunker is tied
+previous model's brought back for a rollback), then groups of ``memos.chunker.reembed_batch`` tasks (one group in
+flight: live adds wait behind one group at most), then the HNSW index on the new column (built from this process, so no chunker is tied
 up for its duration), then finalize on a chunker (catch-up, count check, atomic swap). Progress is checkpointed per
 batch in Redis: kill this command (or the worker) at any point and run it again, and it continues from the
 completed batches. Searches use the current model until the swap; every process follows the new one after it.
@@ -49,9 +49,11 @@ def run(settings: Settings, app: Celery, *, model: str, batch_size: int, window:
     todo = rx.pending(settings, job)
     resumed_from = job.batches - len(todo)
     with progress_bar(job.batches, resumed_from, f"reembed v{job.version} ({job.dims} dims)", progress) as bar:
+        # One group in flight, not two as reindex: a batch takes seconds of the model, and a live add queued
+        # behind the chunker's current batch should not also wait for the next one.
         batches, rows = drive(app, "memos.chunker.reembed_batch",
                               lambda i: rx.ReembedBatch(job_id=job.job_id, batch=i).model_dump(), todo,
-                              window=window, stop_after=stop_after, timeout=timeout, bar=bar)  # fmt: skip
+                              window=window, stop_after=stop_after, timeout=timeout, bar=bar, inflight=1)  # fmt: skip
     summary: dict[str, Any] = {
         "job_id": job.job_id, "model": job.spec, "version": job.version, "dims": job.dims, "resumed": resumed,
         "resumed_from": resumed_from, "batches": job.batches, "batches_this_run": batches,
@@ -92,8 +94,9 @@ def _status(settings: Settings) -> dict[str, Any]:
               help="The new model: local (all-MiniLM-L6-v2), openai:<model>@<base_url>, or openai:<model> at "
                    "MEMOS_EMBEDDER_BASE_URL. The previous model's vectors are kept until the next reembed, so "
                    "re-embedding back to it only embeds what was written since.")  # fmt: skip
-@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 100_000),
-              help="Rows per batch task (a keyset page of ids); fixed when a job starts.")  # fmt: skip
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1, 100_000),
+              help="Rows per batch task (a keyset page of ids); fixed when a job starts. A live add may wait for "
+                   "one batch: with the local model on two cores, 100 rows take seconds.")  # fmt: skip
 @click.option("--window", default=None, type=click.IntRange(1, 256),
               help="Batch tasks per group (two groups in flight). Default 1: one per chunker process; more would "
                    "only queue ahead of live adds.")  # fmt: skip
