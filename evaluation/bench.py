@@ -520,7 +520,7 @@ def run_bench(
             get_engine(cfg).dispose()
             pgserver.drop_database(base, own_db)
         if started_pg:
-            pgserver.stop(base)
+            pgserver.release(base)
         shutil.rmtree(tmp, ignore_errors=True)
 
     ack, searchable, search, floor = latency(acks), latency(tts), latency(search_ms), latency(floor_ms)

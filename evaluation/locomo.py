@@ -257,7 +257,7 @@ def own_stack(settings: Settings, name: str) -> Iterator[Harness]:
             get_engine(cfg).dispose()
             pgserver.drop_database(base, own_db)
         if started_pg:
-            pgserver.stop(base)
+            pgserver.release(base)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

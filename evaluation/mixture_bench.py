@@ -388,7 +388,7 @@ def run_mixture_bench(
             get_engine(cfg).dispose()
             pgserver.drop_database(base, own_db)
         if started_pg:
-            pgserver.stop(base)
+            pgserver.release(base)
         shutil.rmtree(tmp, ignore_errors=True)
 
     bound = deadline_ms + TOLERANCE_MS

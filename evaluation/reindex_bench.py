@@ -210,7 +210,7 @@ def own_stack(settings: Settings, name: str, queues: tuple[str, ...], private_pg
             get_engine(cfg).dispose()
             pgserver.drop_database(base, own_db)
         if started_pg:
-            pgserver.stop(base)
+            pgserver.release(base)
         shutil.rmtree(tmp, ignore_errors=True)
         reindex.Checkpoint(base).forget_all()
         reembed.Checkpoint(base).forget_all()

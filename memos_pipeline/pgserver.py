@@ -136,9 +136,13 @@ def start(settings: Settings) -> bool:
     return started
 
 
+def _admin_dsn(settings: Settings) -> str:
+    return f"host=127.0.0.1 port={settings.pg_port} user=postgres dbname=postgres"
+
+
 def ensure_database(settings: Settings, name: str) -> None:
     """Create database ``name`` with pgvector on the embedded server (idempotent)."""
-    admin = f"host=127.0.0.1 port={settings.pg_port} user=postgres dbname=postgres"
+    admin = _admin_dsn(settings)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -158,8 +162,7 @@ def ensure_database(settings: Settings, name: str) -> None:
 
 
 def drop_database(settings: Settings, name: str) -> None:
-    admin = f"host=127.0.0.1 port={settings.pg_port} user=postgres dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(_admin_dsn(settings), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -173,3 +176,25 @@ def stop(settings: Settings) -> bool:
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     return True
+
+
+def release(settings: Settings) -> bool:
+    """Stop the embedded server that this process started, unless another process is still using it.
+
+    Harnesses, tests and ``up`` start the server when nothing runs and stop it when done; when two of them overlap,
+    the first to finish must not pull the database from under the other (seen: a benchmark ending mid-way through
+    an evaluation run). Clients other than this check keep the server up; the last one out stops it.
+    """
+    if not settings.embedded_db or not is_running(settings):
+        return False
+    try:
+        with psycopg.connect(_admin_dsn(settings), connect_timeout=5, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            ).fetchone()
+    except psycopg.Error:
+        return False
+    if row is not None and int(row[0]) > 0:
+        return False
+    return stop(settings)
+

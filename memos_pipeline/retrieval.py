@@ -16,6 +16,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, defer
 
 from memos_pipeline import context, fusion, store
+from memos_pipeline import graph as graph_recall
 from memos_pipeline.bm25 import Bm25Index, Bm25Query
 from memos_pipeline.chunking import Turn, render_window
 from memos_pipeline.embedders import Embedder
@@ -89,11 +90,13 @@ def fast_search(
     dedup_turns: bool = True,
     history_turns: int = 0,
     history_window: int = 0,
+    graph: bool = False,
 ) -> SearchOutput:
     """Dense + BM25 recall, fused; ``index=None`` (BM25_CALL=false) is dense-only; ``job.channels`` restricts
     recall to the named channels (the harness's BM25-only and dense-only baselines). ``dedup_turns``: each
     conversation turn is returned once (:mod:`memos_pipeline.context`). ``history_turns`` of the conversation's
-    last ``history_window`` turns enrich the query (:mod:`memos_pipeline.query`)."""
+    last ``history_window`` turns enrich the query (:mod:`memos_pipeline.query`). ``graph`` (FAST_GRAPH): the top
+    hits' shared-entity neighbours join the candidates (:mod:`memos_pipeline.graph`)."""
     use_dense = job.channels is None or "dense" in job.channels
     if job.channels is not None and "bm25" not in job.channels:
         index = None
@@ -138,6 +141,10 @@ def fast_search(
         })  # fmt: skip
     else:
         ranked = fusion.weighted({"dense": dense_scores, "bm25": bm25_scores}, FUSION_WEIGHTS, frozenset({"bm25"}))
+    if graph:
+        ranked, neighbours = graph_recall.expand(session, _scoped(job).options(defer(Memory.embedding)), ranked)
+        by_id.update(neighbours)
+        clock.lap("graph")
     if dedup_turns:
         items = _packed_items(session, job, by_id, fusion.top(ranked, len(ranked)))
     else:

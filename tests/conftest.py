@@ -60,7 +60,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         get_engine(cfg).dispose()
         pgserver.drop_database(base, dbname)
         if started:
-            pgserver.stop(base)
+            pgserver.release(base)
 
 
 def _delete_queues(cfg: Settings) -> None:

@@ -11,11 +11,13 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery import chord, group
+from sqlalchemy.orm import Session
 
-from memos_pipeline import pipeline, reindex, store
+from memos_pipeline import graph, pipeline, reindex, store
 from memos_pipeline.bm25 import get_generations, get_index
 from memos_pipeline.db import session_scope
 from memos_pipeline.schemas import IndexJob
@@ -43,9 +45,26 @@ def upsert_ingest(self: PipelineTask, payload: dict[str, Any]) -> int:
     job = IndexJob.model_validate(payload)
     if job.ingest_id is None:
         raise ValueError("upsert_ingest needs ingest_id")
+    ingest_id = job.ingest_id
+    # Graph edges first: once the indexer stage reads done, the add is searchable with FAST_GRAPH too.
+    _link(self, f"ingest {ingest_id}", lambda s: graph.link_ingest(s, ingest_id))
     n = pipeline.index_ingest(self.settings, get_index(self.settings, writer=True), job.ingest_id)
     _record_lag(self, job.ingest_id)
     return n
+
+
+def _link(task: PipelineTask, what: str, fn: Callable[[Session], int]) -> int:
+    """Build graph edges whatever FAST_GRAPH says (search alone reads it): switching it on then needs no
+    backfill, and the indexer and search workers need not agree on it. A database hiccup retries the task; a bug
+    in the graph only logs, since keyword search must not wait on an optional feature."""
+    try:
+        with session_scope(task.settings) as s:
+            return fn(s)
+    except RETRY_ON:
+        raise
+    except Exception:
+        log.exception("graph edges for %s failed; indexing goes on without them", what)
+        return 0
 
 
 def _record_lag(task: PipelineTask, ingest_id: uuid.UUID) -> None:
@@ -70,6 +89,8 @@ def upsert(self: PipelineTask, payload: dict[str, Any]) -> int:
     job = IndexJob.model_validate(payload)
     with session_scope(self.settings) as s:
         memories = store.memories_by_ids(s, job.memory_ids)
+    # New facts (memreader) arrive here: link them by their entities and tags (archived ones are skipped).
+    _link(self, f"{len(job.memory_ids)} memories", lambda s: graph.link_memories(s, job.memory_ids))
     return pipeline.index_memories(get_index(self.settings, writer=True), memories)
 
 

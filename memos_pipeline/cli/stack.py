@@ -144,7 +144,7 @@ class Stack:
                 p.kill()
         self.procs.clear()
         if stop_db if stop_db is not None else self.started_db:
-            pgserver.stop(self.settings)
+            pgserver.release(self.settings)
 
 
 def _port_open(host: str, port: int) -> bool:
