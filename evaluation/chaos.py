@@ -54,7 +54,15 @@ from memos_pipeline.db import get_engine, session_scope
 from memos_pipeline.deadletter import replay
 
 QUEUES = ("chunker", "indexer", "search", "memreader", "preference")
-SUMMARY = ("messages_accepted", "lost", "duplicates", "recover_s", "sent_during_fault_searchable_s", "llm_recover_s")
+SUMMARY = (
+    "messages_accepted",
+    "lost",
+    "duplicates",
+    "recover_s",
+    "sent_during_fault_searchable_s",
+    "llm_recover_s",
+    "phase_s",
+)
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,8 @@ def _settings(
         redis_url=redis.url, queue_prefix=f"chaos{run}.", bm25_path=tmp / "bm25", api_port=free_port(),
         llm_base_url=llm.base_url, llm_model="fake-model", llm_api_key="chaos", llm_timeout_s=2.0,
         llm_max_retries=1, async_mode="async", mos_enable_scheduler=True, enable_preference_memory=True,
-        bm25_call=True, search_mode="fast", relay_interval_s=0.5,
-        relay_grace_s=1.0, rate_limit_per_min=10_000_000, log_level="INFO",
+        bm25_call=True, search_mode="fast", relay_interval_s=0.5, relay_grace_s=1.0, rate_limit_per_min=10_000_000,
+        log_level="INFO",
     )  # fmt: skip
 
 
@@ -143,6 +151,7 @@ class ChaosRun:
         adds = sum(-(-m // opts.per_add) for m in self.plan.values())
         self.bar = tqdm(total=adds, unit="add", file=sys.stderr, disable=not opts.progress)
         self.markers = 0
+        self.celery: Any = None
 
     def log(self, msg: str) -> None:
         if self.opts.progress:
@@ -173,7 +182,8 @@ class ChaosRun:
         self.startup_s = round(time.monotonic() - t0, 2)
         ch = Chaos(self.cfg, self.stack, self.rabbit, self.redis, self.llm, client, self.opts.outage_s,
                    self.opts.down_s, self.opts.llm_fault_s)  # fmt: skip
-        return ch, client, make_celery(self.cfg)
+        self.celery = make_celery(self.cfg)  # the dead-letter replay publishes through it
+        return ch, client, self.celery
 
     def phase(self, ch: Chaos, client: Client, celery: Any, name: str, messages: int) -> dict[str, Any]:
         self.bar.set_description(name)
@@ -212,14 +222,17 @@ class ChaosRun:
             "stages": stage_summary(rows),
             "phase_s": round(time.monotonic() - t0, 2),
         }
-        self.log(f"[{name}] lost {result['lost']}, duplicates {result['duplicates']}, recover_s "
-                 f"{result['recover_s']}, drained {drain['drained']} in {drain['drain_s']}s")  # fmt: skip
+        self.log(f"[{name}] lost {result['lost']}, duplicates {result['duplicates']}, recover_s {result['recover_s']}, "
+                 f"sent during the fault searchable after {result['sent_during_fault_searchable_s']}s, drained "
+                 f"{drain['drained']} in {drain['drain_s']}s")  # fmt: skip
         return result
 
     def stop(self) -> None:
         self.bar.close()
         with contextlib.suppress(Exception):
             self.stack.stop(stop_db=False)
+        if self.celery is not None:
+            self.celery.close()
         for step in (lambda: get_engine(self.cfg).dispose(), lambda: pgserver.stop(self.cfg), self.rabbit.stop,
                      self.redis.stop, self.llm.stop):  # fmt: skip
             try:
@@ -240,18 +253,26 @@ def run_chaos(base: Settings, opts: Options) -> dict[str, Any]:
     error = None
     load_start = list(os.getloadavg())
     try:
-        ch, client, celery = cr.start()
-        for name, messages in cr.plan.items():
-            try:
-                faults[name] = cr.phase(ch, client, celery, name, messages)
-            except Exception as exc:
-                faults[name] = {"error": "".join(traceback.format_exception(exc))[-3000:]}
-                error = f"{name}: {type(exc).__name__}: {exc}"
-                break  # the services may be in any state now: the later faults would measure that, not themselves
+        try:
+            ch, client, celery = cr.start()
+        except Exception as exc:
+            error = f"startup: {type(exc).__name__}: {exc}"
+        else:
+            for name, messages in cr.plan.items():
+                try:
+                    faults[name] = cr.phase(ch, client, celery, name, messages)
+                except Exception as exc:
+                    faults[name] = {"error": "".join(traceback.format_exception(exc))[-3000:]}
+                    error = f"{name}: {type(exc).__name__}: {exc}"
+                    break  # the services may be in any state now: later faults would measure that, not themselves
     finally:
         tmp = str(cr.tmp)
         cr.stop()
-    ok = error is None and all(f.get("lost") == 0 and f.get("duplicates") == 0 for f in faults.values())
+    ok = (
+        error is None
+        and len(faults) == len(opts.faults)
+        and all(f.get("lost") == 0 and f.get("duplicates") == 0 for f in faults.values())
+    )
     return {
         "ok": ok,
         "error": error,

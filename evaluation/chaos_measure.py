@@ -47,9 +47,12 @@ DEFINITIONS = {
     "recover_s": "from the end of the fault (the service back, the workers restarted, the LLM answering again) to "
     "the moment every add accepted up to then was searchable (chunker and indexer stages finished); this includes "
     "the backlog of adds accepted before the fault",
-    "sent_during_fault_searchable_s": "the same, for the adds sent while the fault lasted only (broker_outage: "
-    "seconds from the broker back to every add accepted during the outage searchable)",
+    "sent_during_fault_searchable_s": "from the end of the fault until every add first sent while it lasted was "
+    "searchable, wherever it was accepted (broker_outage: seconds from the broker back to every add accepted "
+    "during the outage searchable)",
     "llm_recover_s": "from the end of the fault to the last LLM stage (memreader, preference) finishing",
+    "first_chunk_after_fault_s": "from the end of the fault to the first chunker task starting (workers reconnected)",
+    "chunker_s_per_add_after_fault": "mean chunker stage time of the adds chunked after the fault (the backlog rate)",
 }
 
 
@@ -124,8 +127,15 @@ def recovery(rows: list[tuple[uuid.UUID, str, dict[str, Any]]], outcomes: list[O
             continue
         if (t := _searchable_at(stages.get(o.ingest_id, {}))) is not None:
             searchable.append(t)
-            if o.first_sent >= t_start:
-                sent_during.append(t)
+    for o in outcomes:  # sent while the fault lasted, accepted whenever (a down database refuses them until back)
+        at = _searchable_at(stages.get(o.ingest_id, {})) if o.ingest_id is not None else None
+        if at is not None and t_start <= o.first_sent <= t_end:
+            sent_during.append(at)
+    # Where the recovery time went: waiting for the workers to consume again, then chunking the backlog.
+    chunked = [c for s in stages.values() if (c := s.get("chunker", {})).get("status") == "done"
+               and (_ts(c.get("started_at")) or 0.0) >= t_end]  # fmt: skip
+    first_chunk = min((_ts(c["started_at"]) or 0.0 for c in chunked), default=None)
+    chunk_s = [float(c.get("ms", 0)) / 1000 for c in chunked]
     llm_done = [
         t for s in stages.values() for st in ("memreader", "preference")
         if s.get(st, {}).get("status") == "done" and (t := _ts(s[st].get("finished_at"))) is not None
@@ -134,6 +144,9 @@ def recovery(rows: list[tuple[uuid.UUID, str, dict[str, Any]]], outcomes: list[O
         "recover_s": round(max(0.0, max(searchable) - t_end), 2) if searchable else None,
         "sent_during_fault_searchable_s": round(max(0.0, max(sent_during) - t_end), 2) if sent_during else None,
         "llm_recover_s": round(max(0.0, max(llm_done) - t_end), 2) if llm_done else None,
+        "first_chunk_after_fault_s": round(first_chunk - t_end, 2) if first_chunk is not None else None,
+        "adds_chunked_after_fault": len(chunked),
+        "chunker_s_per_add_after_fault": round(sum(chunk_s) / len(chunk_s), 2) if chunk_s else None,
     }
 
 

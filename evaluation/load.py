@@ -202,7 +202,7 @@ def isolated_stack(settings: Settings, run_id: str, tmp: Path) -> Iterator[tuple
             get_engine(cfg).dispose()
             pgserver.drop_database(base, own_db)
         if started_pg:
-            pgserver.stop(base)
+            pgserver.release(base)
 
 
 def _warm_up(run: Run) -> None:

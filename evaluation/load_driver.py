@@ -93,7 +93,10 @@ class Driver:
         done = time.monotonic()
         if r.status_code != EXPECTED[req.kind]:
             return Outcome(req.kind, scheduled, sent, done, r.status_code, f"HTTP {r.status_code}: {body[:200]!r}")
-        ingest_id = str(r.json()["data"]["ingest_id"]) if req.kind == "add" else None
+        try:
+            ingest_id = str(r.json()["data"]["ingest_id"]) if req.kind == "add" else None
+        except (ValueError, KeyError, TypeError) as exc:  # a 202 without the envelope is a failed add too
+            return Outcome(req.kind, scheduled, sent, done, r.status_code, f"bad body: {type(exc).__name__}")
         return Outcome(req.kind, scheduled, sent, done, r.status_code, ingest_id=ingest_id)
 
     def run(self, schedule: Sequence[Planned], bar: tqdm[Any] | None = None) -> tuple[float, list[Outcome]]:

@@ -85,7 +85,10 @@ class Settings(BaseSettings):
     embedder_base_url: str | None = Field(None, validation_alias=_env("MEMOS_EMBEDDER_BASE_URL"))
     embedder_api_key: str | None = Field(None, validation_alias=_env("MEMOS_EMBEDDER_API_KEY"))
     embed_batch_size: int = Field(32, ge=1, validation_alias=_env("MEMOS_EMBED_BATCH_SIZE"))
-    torch_threads: int = Field(0, ge=0, validation_alias=_env("MEMOS_TORCH_THREADS"))
+    # 1 by default: several embedding workers share a host's cores; torch's default (every core per process)
+    # oversubscribes them. Measured (evaluation/load.py, 2 cores, loaded): chunker embed p50 65-150 ms with 1
+    # thread vs 100-1,400 ms with all, and 2.2 vs 0.5 sustainable adds/s of 10 messages. 0: torch's default.
+    torch_threads: int = Field(1, ge=0, validation_alias=_env("MEMOS_TORCH_THREADS"))
 
     # --- pipeline ---
     chunk_turns: int = Field(3, ge=1, validation_alias=_env("MEMOS_CHUNK_TURNS"))

@@ -57,7 +57,7 @@ _DATE_LINE = re.compile(r"^\[[^\]\n]*\]\s*$", re.M)
 _SPEAKER = re.compile(r"^([^:\n\[\]]{1,64}):[ \t]", re.M)
 _QUOTED = re.compile(r"[\"“「『《]([^\"“”「」『』《》\n]{2,80})[\"”」』》]")
 _WORD = r"[A-Z][\w'’\-]*"
-_CAP_PHRASE = re.compile(rf"\b{_WORD}(?:(?:\s+(?:of|the|de|da|del|la|le|van|von|and|&)){{0,2}}\s+{_WORD})*")
+_CAP_PHRASE = re.compile(rf"\b{_WORD}(?:(?:\s+(?:of|the|de|da|del|la|le|van|von)){{0,2}}\s+{_WORD})*")
 _NUMBER = re.compile(r"(?<![\w.])\d{2,}(?:[.,]\d+)?(?![\w])")
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _SENTENCE_END = re.compile(r"[.!?。！？:;\"“(]\s*$")
@@ -75,7 +75,7 @@ _ARTICLES = ("the ", "a ", "an ", "my ", "our ", "your ")
 
 
 def _norm(phrase: str) -> str:
-    s = phrase.replace("’", "'").strip(" '-").lower()
+    s = phrase.replace("’", "'").strip(" '-.,!?;:").lower()
     if s.endswith("'s"):
         s = s[:-2]
     for art in _ARTICLES:
@@ -100,21 +100,23 @@ def speakers_of(text: str) -> set[str]:
     return out
 
 
-def _english(line: str) -> Iterable[str]:
+def _english(line: str) -> Iterable[tuple[str, bool]]:
+    """(phrase, sure): ``sure`` is False for a lone capitalised word opening a sentence ("Keep it up!", "Last
+    week..."): most are ordinary words, and a name among them is still caught where it is not first."""
     for m in _CAP_PHRASE.finditer(line):
         words = m.group(0).split()
         initial = m.start() == 0 or bool(_SENTENCE_END.search(line[: m.start()]))
-        # A sentence's first word is capitalised anyway: drop it when it is a common word ("Yeah Paris" -> paris).
-        while words and (_is_common(words[0]) or (initial and len(words) == 1 and words[0].lower().endswith("ing"))):
+        while words and _is_common(words[0]):  # "Yeah Paris" -> Paris, "The Eiffel Tower" -> Eiffel Tower
             words = words[1:]
             initial = False
         while words and _is_common(words[-1]):
             words = words[:-1]
         if words:
-            yield " ".join(words)
+            yield " ".join(words), not (initial and len(words) == 1)
     for m in _QUOTED.finditer(line):
-        yield m.group(1)
-    yield from _NUMBER.findall(line)
+        yield m.group(1), True
+    for n in _NUMBER.findall(line):
+        yield n, True
 
 
 def _chinese(line: str) -> Iterable[str]:
@@ -132,9 +134,10 @@ def extract_entities(text: str, tags: Sequence[str] = (), exclude: Iterable[str]
     body = _SPEAKER.sub("", body)
     found: set[str] = set()
     for line in body.splitlines():
-        for raw in (*_english(line), *_chinese(line)):
+        for raw, sure in (*_english(line), *((w, True) for w in _chinese(line))):
             e = _norm(raw)
-            if len(e) >= 2 and e not in banned and e not in ENGLISH_STOPWORDS:
+            # An unsure word that the text also capitalises mid-sentence is in ``found`` through that mention.
+            if sure and len(e) >= 2 and e not in banned and e not in ENGLISH_STOPWORDS:
                 found.add(e)
     found.update(t for t in (_norm(t) for t in tags) if len(t) >= 2 and t not in banned)
     return frozenset(found)
@@ -235,7 +238,7 @@ def _link_user(session: Session, tenant_id: uuid.UUID, user_id: str, rows: list[
         .where(Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.status == "activated")
     ).scalar_one()  # fmt: skip
     df = _doc_freq(session, scope, set().union(*new.values()))
-    keep = [e for e, c in idf_weights(df, n).items()]
+    keep = list(idf_weights(df, n))
     if not keep:
         return 0
     # The same user's activated memories holding a non-hub entity of the batch: at most len(keep) * hub_limit.

@@ -3,8 +3,8 @@
 Two kinds of redaction, both applied to the formatted message, the formatted traceback and the stack of a record:
 
 - **known values**: the secrets this process was configured with (``MEMOS_LLM_API_KEY``, the passwords inside the
-  database, broker, Redis and service URLs, Flower's ``FLOWER_BASIC_AUTH``, and any environment variable whose
-  name says it is a password, secret, token or API key), wherever they appear;
+  database, broker, Redis and service URLs, Flower's ``MEMOS_FLOWER_PASSWORD`` / ``FLOWER_BASIC_AUTH``, and any
+  environment variable whose name says it is a password, secret, token or API key), wherever they appear;
 - **secret-shaped text**, whoever's it is: URL credentials (``scheme://user:***@host``), ``Token``/``Bearer``/
   ``Basic`` credentials, ``password=...``-style pairs (libpq conninfo, header dumps), our API keys (``mp_...``)
   and OpenAI-style keys (``sk-...``). A client's API key is never known to the server in plain text (only its
@@ -33,9 +33,9 @@ REDACTED = "***"
 MIN_VALUE_LEN = 8
 
 # Settings fields that are secrets themselves, and those that are URLs which may carry credentials.
-SECRET_FIELDS = ("llm_api_key", "embedder_api_key")
+SECRET_FIELDS = ("llm_api_key", "embedder_api_key", "flower_password")
 URL_FIELDS = ("database_url", "broker_url", "redis_url", "es_url", "llm_base_url", "embedder_base_url",
-              "mos_reranker_url")  # fmt: skip
+              "mos_reranker_url", "flower_broker_api")  # fmt: skip
 # Environment variables whose value is a secret, by name (POSTGRES_PASSWORD, FLOWER_BASIC_AUTH, OPENAI_API_KEY...).
 SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|APIKEY|BASIC_AUTH|CREDENTIALS)", re.IGNORECASE)
 
@@ -77,9 +77,10 @@ def secrets_from(settings: Settings | None = None, environ: Mapping[str, str] | 
     env = os.environ if environ is None else environ
     found: set[str] = set()
     if settings is not None:
-        found.update(str(v) for f in SECRET_FIELDS if (v := getattr(settings, f)))
+        # getattr with a default: a field this module names may not exist in every version of Settings.
+        found.update(str(v) for f in SECRET_FIELDS if (v := getattr(settings, f, None)))
         for f in URL_FIELDS:
-            found |= url_secrets(getattr(settings, f))
+            found |= url_secrets(getattr(settings, f, None))
     for name, value in env.items():
         if not value:
             continue

@@ -4,11 +4,13 @@ from typing import Any
 
 from celery.signals import worker_init
 
+from memos_pipeline import logsafe
 from memos_pipeline.celery_app import QUEUES, declare_topology, make_celery
 from memos_pipeline.config import get_settings
 from workers import metrics
 
 settings = get_settings()
+logsafe.install(settings)  # before Celery configures logging: no worker log record carries a secret
 app = make_celery(settings, include=[f"workers.{name}" for name in QUEUES])
 # Retries before a task is dead-lettered (MEMOS_TASK_MAX_RETRIES); each writing task passes it explicitly.
 MAX_RETRIES = settings.task_max_retries

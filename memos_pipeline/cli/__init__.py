@@ -155,11 +155,12 @@ def create_key(tenant: str, name: str) -> None:
 def relay(once: bool) -> None:
     """Publish accepted adds the API could not publish at once (broker outage) from the outbox, and re-publish
     ingests stuck in a stage for longer than MEMOS_SWEEP_AFTER_S."""
-    from memos_pipeline import outbox
+    from memos_pipeline import logsafe, outbox
     from memos_pipeline.celery_app import make_celery
 
     logging.basicConfig(level=logging.INFO)
     settings = get_settings()
+    logsafe.install(settings)
     app = make_celery(settings)
     while True:
         try:
@@ -230,6 +231,10 @@ main.add_command(_eval_group)
 from memos_pipeline.cli.flower import flower as _flower  # noqa: E402
 
 main.add_command(_flower)
+
+from evaluation.load import load as _load  # noqa: E402  (memos-pipeline load)
+
+main.add_command(_load)
 
 if __name__ == "__main__":
     main()

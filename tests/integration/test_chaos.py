@@ -8,6 +8,7 @@ that silently did nothing would make "lost = 0" meaningless.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ PER_FAULT = OPTS.messages // len(FAULTS)
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
-    return run_chaos(Settings(log_level="WARNING"), OPTS)
+    return run_chaos(Settings(), OPTS)
 
 
 def _calls(f: dict[str, Any]) -> dict[str, int]:
@@ -33,7 +34,11 @@ def _calls(f: dict[str, Any]) -> dict[str, int]:
     return calls
 
 
-def test_every_fault_loses_nothing_and_doubles_nothing(report: dict[str, Any]) -> None:
+def test_every_fault_loses_nothing_and_doubles_nothing(
+    report: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with capsys.disabled():
+        print(f"\n[chaos] startup {report['config']['startup_s']}s {json.dumps(report['summary'])}")
     assert report["error"] is None, report["error"]
     assert list(report["faults"]) == list(FAULTS)
     for name, f in report["faults"].items():
@@ -78,9 +83,13 @@ def test_the_faults_really_happened(report: dict[str, Any]) -> None:
 
     fail = _calls(faults["llm_fail"])
     assert fail and all(":200:answered" not in k for k in fail), fail
-    assert any(faults["llm_fail"]["stages"][s]["attempts_gt_1"] for s in ("memreader", "preference"))
     hang = _calls(faults["llm_hang"])
     assert any(":hung:" in k for k in hang), hang
+    # Errors and hangs are transient: every LLM stage finished by retrying, none failed.
+    for name in ("llm_fail", "llm_hang"):
+        for stage in ("memreader", "preference"):
+            statuses = faults[name]["stages"][stage]["status"]
+            assert statuses == {"done": faults[name]["adds"]}, (name, stage, statuses)
     garbage = faults["llm_garbage"]
     assert sum(_calls(garbage).values()) >= 1
     # A model that answers garbage twice fails the LLM stage (not retried); raw memories are untouched.

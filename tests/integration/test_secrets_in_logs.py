@@ -4,7 +4,7 @@ with known secrets, driven through good and bad requests and an LLM failure; eve
 Secrets configured: a client API key (good and unknown ones sent), the LLM API key, a password in the database
 URL (the embedded Postgres trusts local connections, so any password works), in the Redis URL (Redis without
 ``requirepass`` accepts any password for the default user), in the LLM base URL (httpx sends it as basic auth and
-logs request URLs at DEBUG), and Flower's basic-auth password in the environment. The broker keeps its real
+logs request URLs at INFO), and Flower's basic-auth password (MEMOS_FLOWER_PASSWORD, FLOWER_BASIC_AUTH). The broker keeps its real
 ``guest`` password (too short and common to scrub as a bare word): for it the check is that no ``user:password@``
 pair appears in any URL of the logs.
 """
@@ -82,7 +82,9 @@ def deployment(settings: Settings, sec: Secrets, llm: FakeLLM, tmp: Path) -> Ite
         llm_base_url=f"http://llmuser:{sec.llm_url_password}@{host}", llm_api_key=sec.llm_key,
         llm_model="fake-model", llm_timeout_s=2.0, llm_max_retries=0, task_max_retries=0,
         queue_prefix=f"secrets{uuid.uuid4().hex[:8]}.", bm25_path=tmp / "bm25", log_level="DEBUG",
+        flower_password=sec.flower_password,
     )  # fmt: skip
+    # As `memos-pipeline flower` passes it on: MEMOS_FLOWER_PASSWORD (settings) and FLOWER_BASIC_AUTH (Flower's own).
     flower = {"FLOWER_BASIC_AUTH": f"admin:{sec.flower_password}"}
     env = {**settings_env(cfg), **flower}
     workers: list[subprocess.Popen[bytes]] = []

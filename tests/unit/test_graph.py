@@ -8,14 +8,15 @@ from memos_pipeline.graph import EDGE_CAP, HUB_MIN_DF, build_edges, extract_enti
 
 WINDOW = """[1:56 pm on 8 May, 2023]
 Caroline: Hey Mel! Yeah, I went to the LGBTQ support group and read "Becoming Nicole" by Amy Ellis Nutt.
-Melanie: Painting is my thing. I moved from Sweden 4 years ago, in 2019. The Eiffel Tower was great."""
+Melanie: Painting is my thing. I moved from Sweden 4 years ago, in 2019. The Eiffel Tower was great.
+Caroline: Keep it up! Last week was long. Sweden must be cold."""
 
 
 def test_extracts_names_titles_and_numbers_but_not_speakers_dates_or_sentence_starts() -> None:
     ents = extract_entities(WINDOW)
     assert {"amy ellis nutt", "becoming nicole", "sweden", "eiffel tower", "2019", "lgbtq"} <= ents
     # Speaker labels (and their mentions), the date line, greetings and capitalised sentence starts are not entities.
-    assert not ents & {"caroline", "melanie", "may", "1:56", "hey", "yeah", "painting", "i", "the"}
+    assert not ents & {"caroline", "melanie", "may", "1:56", "hey", "yeah", "painting", "i", "the", "keep", "last"}
 
 
 def test_extraction_of_chinese_proper_nouns_and_titles() -> None:
@@ -27,6 +28,11 @@ def test_extraction_of_chinese_proper_nouns_and_titles() -> None:
 def test_tags_and_excluded_names() -> None:
     ents = extract_entities("Caroline adopted a dog named Biscuit.", tags=["Pets", "dog"], exclude=["Caroline"])
     assert ents == {"biscuit", "pets", "dog"}
+
+
+def test_names_joined_by_and_are_two_entities_and_titles_lose_punctuation() -> None:
+    ents = extract_entities('I walked Luna and Oliver, then reread "Finding Home."')
+    assert ents == {"luna", "oliver", "finding home"}
 
 
 def test_hubs_and_singletons_carry_no_weight() -> None:

@@ -20,9 +20,15 @@ DB_PW = "dbpw" + secrets.token_hex(8)
 BROKER_PW = "br%40ker" + secrets.token_hex(6)  # percent-encoded "@" in the URL
 
 
+FLOWER_PW = "flower" + secrets.token_hex(8)
+MGMT_PW = "mgmt" + secrets.token_hex(8)
+
+
 def settings() -> Settings:
     return Settings(
         llm_api_key=LLM_KEY,
+        flower_password=FLOWER_PW,
+        flower_broker_api=f"http://admin:{MGMT_PW}@rabbit:15672/api/",
         database_url=f"postgresql://memos:{DB_PW}@db:5432/memos",
         broker_url=f"amqp://memos:{BROKER_PW}@rabbit:5672//",
         redis_url="redis://127.0.0.1:6379/0",
@@ -53,7 +59,7 @@ def test_secrets_from_settings_and_environment() -> None:
         "EMPTY_TOKEN": "",
     }
     found = secrets_from(settings(), environ=env)
-    assert {LLM_KEY, DB_PW, BROKER_PW, "br@ker" + BROKER_PW[8:]} <= found
+    assert {LLM_KEY, DB_PW, BROKER_PW, "br@ker" + BROKER_PW[8:], FLOWER_PW, MGMT_PW} <= found
     assert {
         "flowerpass123",
         "opspass4567",
