@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -130,6 +132,16 @@ def register(app: Flask) -> None:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             message = f"body: request body too large (limit {limit} bytes)"
         return error_response(status, code, message)
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.InterfaceError)
+    @app.errorhandler(psycopg.OperationalError)
+    def _database_down(exc: Exception) -> tuple[Response, int]:
+        # Postgres restarting or unreachable: nothing was accepted, and the client should simply retry.
+        app.logger.warning("database unavailable: %s", type(exc).__name__)
+        resp, status = error_response(503, UNAVAILABLE, "database unavailable; the request was not applied, retry")
+        resp.headers["Retry-After"] = "1"
+        return resp, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

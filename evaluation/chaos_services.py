@@ -244,9 +244,6 @@ class ChaosStack(Stack):
         finally:
             log.close()
 
-    def pid(self, name: str) -> int:
-        return next(p.pid for n, p in self.procs if n == name)
-
     def kill_and_restart(self, name: str) -> tuple[int, int]:
         """SIGKILL the child (no shutdown, no acks: its unacknowledged task goes back to the queue) and start
         a new one with the same command, as a supervisor would. Returns (old pid, new pid)."""

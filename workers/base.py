@@ -73,7 +73,9 @@ class PipelineTask(Task):  # type: ignore[misc]
     def publish(self, name: str, payload: dict[str, Any]) -> None:
         """Enqueue a follow-up task, carrying the trace id along."""
         trace_id = getattr(self.request, "trace_id", None)
-        self.app.send_task(name, args=[payload], headers={"trace_id": trace_id} if trace_id else None)
+        # ignore_result: a fire-and-forget publish must not wait on the result backend (Redis) being up.
+        self.app.send_task(name, args=[payload], headers={"trace_id": trace_id} if trace_id else None,
+                           ignore_result=True)  # fmt: skip
 
     def on_retry(
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any

@@ -236,5 +236,9 @@ from evaluation.load import load as _load  # noqa: E402  (memos-pipeline load)
 
 main.add_command(_load)
 
+from evaluation.chaos import chaos as _chaos  # noqa: E402  (the chaos suite: its own services, faults, JSON)
+
+main.add_command(_chaos)
+
 if __name__ == "__main__":
     main()
