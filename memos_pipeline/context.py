@@ -18,7 +18,7 @@ Pure functions over ids; :mod:`memos_pipeline.retrieval` fetches the texts and r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 MAX_SPAN_TURNS = 5  # measured: 4 -> recall@10 0.853, 5 -> 0.873, 6 -> 0.880 but less recall per token
@@ -44,13 +44,18 @@ class Result:
     merged: list[str] = field(default_factory=list)  # other memories whose turns joined this span
 
 
-def pack(ranked: Sequence[Candidate], top_k: int, max_span: int = MAX_SPAN_TURNS) -> list[Result]:
-    """At most ``top_k`` results from ``ranked`` (best first), every turn in at most one of them.
+def pack(
+    ranked: Sequence[Candidate], top_k: int, max_span: int = MAX_SPAN_TURNS, seen: Iterable[str] = ()
+) -> list[Result]:
+    """At most ``top_k`` results from ``ranked`` (best first), every turn in at most one of them. A window
+    touching ``seen`` (turns the caller has: the recent history its query was enriched with) is left out whole:
+    it ranks high because the enriched query contains its own text, not because it answers.
 
     The walk stops at the first candidate met once ``top_k`` results exist, after letting it extend spans.
     """
     out: list[Result] = []
-    span_of: dict[str, Result] = {}  # turn -> the span showing it
+    already = Result("", 0.0)  # stands for the caller's own turns: shown, and not a span anything can join
+    span_of: dict[str, Result] = dict.fromkeys(seen, already)  # turn -> the span showing it
     for c in ranked:
         full = len(out) >= top_k
         if c.kind != "raw" or not c.message_ids:
@@ -59,6 +64,10 @@ def pack(ranked: Sequence[Candidate], top_k: int, max_span: int = MAX_SPAN_TURNS
             out.append(Result(c.memory_id, c.score))
             continue
         turns = c.message_ids
+        if any(span_of.get(t) is already for t in turns):
+            if full:
+                break
+            continue
         for j, turn in enumerate(turns):
             if turn in span_of:
                 continue

@@ -227,15 +227,22 @@ class FollowingEmbedder:
         self.settings, self.ttl_s = settings, ttl_s
         self._lock = threading.Lock()
         self._active: ActiveModel | None = None
+        self._tracked = False  # whether the database has the table (a writer can only check the model then)
         self._read_at = -math.inf
 
     def _read(self) -> ActiveModel:
         try:
             with session_scope(self.settings) as s:
-                return read_active(s, self.settings)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
-            # No database (a unit test, a tool) or one migrated before the table existed: the last model we knew,
-            # else MEMOS_EMBEDDER; the next call asks again.
+                active = read_active(s, self.settings)
+            self._tracked = True
+            return active
+        except sqlalchemy.exc.ProgrammingError:
+            # A database migrated before the table existed: nothing was ever re-embedded there.
+            self._tracked = False
+            return default_model(self.settings)
+        except sqlalchemy.exc.OperationalError as exc:
+            # No database (a unit test, a tool) or it is down: the last model we knew, else MEMOS_EMBEDDER; the
+            # next call asks again.
             log.debug("active embedding model unknown (%s); using %s", exc, self._active or self.settings.embedder)
             return self._active or default_model(self.settings)
 
@@ -265,10 +272,11 @@ class FollowingEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.current()[1].embed(texts)
 
-    def embed_versioned(self, texts: list[str]) -> tuple[int, np.ndarray]:
-        """The vectors and the version of the model that computed them (for ``require_active``)."""
+    def embed_versioned(self, texts: list[str]) -> tuple[int | None, np.ndarray]:
+        """The vectors and the version of the model that computed them (for ``require_active``; None: no table
+        to check against)."""
         active, model = self.current()
-        return active.version, model.embed(texts)
+        return (active.version if self._tracked else None), model.embed(texts)
 
 
 _FOLLOWERS: dict[tuple[str, ...], FollowingEmbedder] = {}

@@ -28,22 +28,24 @@ class Query:
     vector: np.ndarray  # the dense query vector (unit length)
     query_vector: np.ndarray  # the query alone (preferences are matched on what was asked, not on the history)
     history: tuple[str, ...] = ()
+    seen_message_ids: frozenset[str] = frozenset()
 
 
-def recent_turns(session: Session, job: SearchJob, window: int) -> list[str]:
-    """The last ``window`` turns of the job's conversation, oldest first, read in the job's tenant/user scope."""
+def recent_turns(session: Session, job: SearchJob, window: int) -> list[tuple[str, str]]:
+    """(message id, content) of the last ``window`` turns of the job's conversation, oldest first, read in the
+    job's tenant/user scope."""
     conversation = job.conversation_id or job.filters.conversation_id
     if window <= 0 or conversation is None:
         return []
     rows = session.execute(
-        select(Message.content)
+        select(Message.id, Message.content)
         .join(Ingest, Ingest.id == Message.ingest_id)
         .where(Message.tenant_id == job.tenant_id, Message.user_id == job.user_id,
                Message.conversation_id == conversation)
         .order_by(Ingest.created_at.desc(), Message.seq.desc())
         .limit(window)
-    ).scalars()  # fmt: skip
-    return list(reversed(list(rows)))
+    ).all()  # fmt: skip
+    return [(str(i), c) for i, c in reversed(rows)]
 
 
 def pick_history(qvec: np.ndarray, turns: list[str], vecs: np.ndarray, n: int) -> list[int]:
@@ -57,7 +59,8 @@ def pick_history(qvec: np.ndarray, turns: list[str], vecs: np.ndarray, n: int) -
 
 def build_query(session: Session, embedder: Embedder, job: SearchJob, history_turns: int, window: int) -> Query:
     """The query as search uses it: alone when history is off or the conversation has none."""
-    turns = recent_turns(session, job, max(window, history_turns)) if history_turns > 0 else []
+    recent = recent_turns(session, job, max(window, history_turns)) if history_turns > 0 else []
+    turns = [content for _, content in recent]
     vecs = embedder.embed([job.query, *turns])  # one batch: the history costs no extra model call
     qvec = vecs[0]
     chosen = pick_history(qvec, turns, vecs[1:], history_turns)
@@ -66,4 +69,6 @@ def build_query(session: Session, embedder: Embedder, job: SearchJob, history_tu
     mixed = qvec + HISTORY_WEIGHT * vecs[1:][chosen].mean(axis=0)
     mixed = (mixed / (np.linalg.norm(mixed) or 1.0)).astype(np.float32)
     history = tuple(turns[i] for i in chosen)
-    return Query("\n".join([job.query, *history]), mixed, qvec, history)
+    # The whole recent window counts as seen: the caller has those turns, returning them would waste its context
+    # (and the enriched query would find them first).
+    return Query("\n".join([job.query, *history]), mixed, qvec, history, frozenset(i for i, _ in recent))

@@ -146,7 +146,7 @@ def fast_search(
         by_id.update(neighbours)
         clock.lap("graph")
     if dedup_turns:
-        items = _packed_items(session, job, by_id, fusion.top(ranked, len(ranked)))
+        items = _packed_items(session, job, by_id, fusion.top(ranked, len(ranked)), query.seen_message_ids)
     else:
         items = [memory_item(by_id[i], s) for i, s in fusion.top(ranked, job.top_k)]
     clock.lap("fuse")
@@ -156,12 +156,16 @@ def fast_search(
 
 
 def _packed_items(
-    session: Session, job: SearchJob, by_id: dict[str, Memory], ranked: list[tuple[str, float]]
+    session: Session,
+    job: SearchJob,
+    by_id: dict[str, Memory],
+    ranked: list[tuple[str, float]],
+    seen: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """The top ``job.top_k`` items with every turn shown once and neighbouring hits joined into spans
     (:mod:`memos_pipeline.context`); spans are re-rendered from their messages, read through the same scope."""
     cands = [context.Candidate(i, s, by_id[i].kind, tuple(_message_ids(by_id[i]))) for i, s in ranked]
-    results = context.pack(cands, job.top_k)
+    results = context.pack(cands, job.top_k, seen=seen)
     spans = [r.turns if not context.is_whole(r, _message_ids(by_id[r.memory_id])) else None for r in results]
     wanted = {uuid.UUID(t) for span in spans for t in span or ()}
     turns: dict[str, Turn] = {}

@@ -23,5 +23,7 @@ def fast(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
     index = get_index(settings) if settings.bm25_call else None
     with session_scope(settings) as s:
         out = fast_search(s, get_embedder(settings), index, job, fusion_method=settings.fusion,
-                          dedup_turns=settings.search_dedup_turns, graph=settings.fast_graph)  # fmt: skip
+                          dedup_turns=settings.search_dedup_turns, graph=settings.fast_graph,
+                          history_turns=settings.api_search_history_turns,
+                          history_window=settings.api_search_window_size)  # fmt: skip
     return asdict(out)

@@ -77,6 +77,7 @@ def run(settings: Settings, app: Celery, *, model: str, batch_size: int, window:
 def _status(settings: Settings) -> dict[str, Any]:
     import dataclasses
 
+    from memos_pipeline import embedding_columns
     from memos_pipeline import reembed as rx
 
     cp = rx.Checkpoint(settings)
@@ -85,7 +86,7 @@ def _status(settings: Settings) -> dict[str, Any]:
     if job and not job.finished:
         state["batches_done"] = len(cp.done(job.job_id))
     state.pop("bounds", None)
-    state["models"] = rx.models(settings)
+    state["models"] = embedding_columns.models(settings)
     return state
 
 
@@ -98,7 +99,7 @@ def _status(settings: Settings) -> dict[str, Any]:
               help="Rows per batch task (a keyset page of ids); fixed when a job starts. A live add may wait for "
                    "one batch: with the local model on two cores, 100 rows take seconds.")  # fmt: skip
 @click.option("--window", default=None, type=click.IntRange(1, 256),
-              help="Batch tasks per group (two groups in flight). Default 1: one per chunker process; more would "
+              help="Batch tasks per group (one group in flight). Default 1: one per chunker process; more would "
                    "only queue ahead of live adds.")  # fmt: skip
 @click.option("--stop-after", default=None, type=click.IntRange(1),
               help=f"Run at most N batches now, then stop (exit {STOPPED}); run again to continue.")  # fmt: skip

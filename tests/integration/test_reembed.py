@@ -26,7 +26,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, text
 
 from evaluation.reindex_bench import insert_memories
-from memos_pipeline import pipeline, reembed, store
+from memos_pipeline import embedding_columns, pipeline, reembed, store
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.cli.stack import settings_env
 from memos_pipeline.config import Settings
@@ -104,7 +104,7 @@ def active(settings: Settings) -> Any:
 
 def columns(settings: Settings) -> dict[tuple[str, str], int]:
     with session_scope(settings) as s:
-        return reembed.vector_columns(s)
+        return embedding_columns.vector_columns(s)
 
 
 def wrong_width(settings: Settings, dims: int) -> dict[str, int]:

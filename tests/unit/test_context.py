@@ -52,3 +52,8 @@ def test_scores_order_and_wholeness() -> None:
     assert [(r.memory_id, r.score) for r in got] == [("a", 0.9), ("b", 0.5)]
     assert is_whole(got[0], ["x"]) and not is_whole(got[0], ["x", "z"])
     assert pack(ranked, 0) == []
+
+
+def test_windows_touching_the_callers_own_turns_are_left_out() -> None:
+    ranked = [raw("recent", "t9", "t10"), raw("w", "t8", "t9"), raw("old", "t1", "t2")]
+    assert spans(pack(ranked, 10, seen={"t9", "t10"})) == [("old", ["t1", "t2"])]
