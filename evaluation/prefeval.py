@@ -186,8 +186,8 @@ def run_prefeval(
             "recall@k: share of questions whose top k memories have the preference message (client id 'pref') "
             "among their sources; mean_rank: mean 1-based rank of the first such memory, where found.",
             "A filler turn is a user + assistant pair (as in PrefEval's inter_turns): 300 turns = 600 messages.",
-            "The preference is its own add; the first filler window starts with it (the chunker stitches one "
-            "earlier turn of the conversation), so it is in two memories.",
+            "The preference is its own add; the first filler windows start with it (the chunker stitches up to "
+            "MEMOS_CHUNK_OVERLAP earlier turns of the conversation), so it is in more than one memory.",
         ],
     }
     return result, records
