@@ -120,7 +120,9 @@ def run_bench(settings: Settings, n: int = 5000, batch_size: int = 100, kill_at:
         embedder.embed(sample)
         embed_only = len(sample) / (time.perf_counter() - t0)
         env = settings_env(cfg)
-        args = ["--model", model, "--batch-size", str(batch_size)] + (["--window", str(window)] if window else [])
+        # --force: the local model is the active one already; the point is to recompute every vector with it.
+        args = ["--model", model, "--batch-size", str(batch_size), "--force"]
+        args += ["--window", str(window)] if window else []
         searches = DenseSearches(cfg, tenant_id, ConversationGenerator(7).queries(50))
         searches.start()
         live = LiveAdds(cfg, tenant)

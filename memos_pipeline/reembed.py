@@ -38,7 +38,7 @@ from memos_pipeline import embedding_columns as cols
 from memos_pipeline.batchjob import CountMismatch, JobConflict, NotReady
 from memos_pipeline.config import Settings
 from memos_pipeline.db import session_scope
-from memos_pipeline.embedders import Embedder, model_for, parse_spec, refresh_all
+from memos_pipeline.embedders import Embedder, model_for, parse_spec, read_active, refresh_all
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class ReembedAll(BaseModel):
     model: str = Field(min_length=1, max_length=1000)
     batch_size: int = Field(100, ge=1, le=100_000)
     window: int | None = Field(None, ge=1, le=256)  # None: default_window(settings)
+    force: bool = False  # recompute even if the model is already the active one
     job_id: str | None = None
 
 
@@ -130,11 +131,24 @@ class Checkpoint(batchjob.Checkpoint[Job]):
 # ---------------------------------------------------------------- the steps
 
 
-def start_or_resume(settings: Settings, model: str, batch_size: int) -> tuple[Job, bool]:
-    """The unfinished job (resumed, if it is for the same model) or a new one. Returns (job, resumed)."""
+class AlreadyActive(RuntimeError):
+    """The model asked for is the active one (and no job for it is unfinished): nothing to do without force."""
+
+
+def start_or_resume(settings: Settings, model: str, batch_size: int, force: bool = False) -> tuple[Job, bool]:
+    """The unfinished job (resumed, if it is for the same model) or a new one. Returns (job, resumed).
+
+    A new job for the model that is already active is refused unless ``force`` (the weights behind a name
+    changed): running the same command twice, or a schedule, must not recompute every vector again."""
     spec = str(parse_spec(model, settings))
+    cp = Checkpoint(settings)
+    current = cp.load()
+    if not force and (current is None or current.finished or current.spec != spec):
+        with session_scope(settings) as s:
+            if read_active(s, settings).spec == spec:
+                raise AlreadyActive(f"{spec} is already the active embedding model (--force to recompute)")
     new = Job(uuid.uuid4().hex, spec, batch_size, batchjob.db_clock(settings))
-    job = Checkpoint(settings).create(new)
+    job = cp.create(new)
     if job is not new and job.spec != spec:
         raise JobConflict(f"an unfinished reembed to {job.spec} (job {job.job_id}) must finish or be aborted first")
     return job, job is not new

@@ -90,7 +90,9 @@ def reembed_all(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
     settings = self.settings
     if req.job_id is None:
         try:
-            job, _ = reembed.start_or_resume(settings, req.model, req.batch_size)
+            job, _ = reembed.start_or_resume(settings, req.model, req.batch_size, req.force)
+        except reembed.AlreadyActive as exc:  # a schedule firing again: nothing to do
+            return {"status": "already_active", "reason": str(exc)}
         except (reembed.JobConflict, ValueError) as exc:  # not transient: retrying cannot help
             log.warning("reembed_all: %s", exc)
             return {"status": "refused", "reason": str(exc)}

@@ -29,15 +29,17 @@ if TYPE_CHECKING:
 
 
 def run(settings: Settings, app: Celery, *, model: str, batch_size: int, window: int, stop_after: int | None,
-        timeout: float, progress: bool | None) -> dict[str, Any]:  # fmt: skip
-    """The whole job from this process; returns the JSON summary (``status`` done or stopped)."""
+        timeout: float, progress: bool | None, force: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The whole job from this process; returns the JSON summary (``status`` done, stopped or already_active)."""
     from memos_pipeline import reembed as rx
     from memos_pipeline.cli.batchjob import call, drive, progress_bar, require_workers
 
     t0 = time.perf_counter()
     require_workers(app, settings, "chunker")
     try:
-        job, resumed = rx.start_or_resume(settings, model, batch_size)
+        job, resumed = rx.start_or_resume(settings, model, batch_size, force)
+    except rx.AlreadyActive as exc:
+        return {"status": "already_active", "reason": str(exc)}
     except (ValueError, rx.JobConflict) as exc:
         raise click.ClickException(str(exc)) from exc
     if resumed and job.batch_size != batch_size:
@@ -104,11 +106,12 @@ def _status(settings: Settings) -> dict[str, Any]:
 @click.option("--stop-after", default=None, type=click.IntRange(1),
               help=f"Run at most N batches now, then stop (exit {STOPPED}); run again to continue.")  # fmt: skip
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for one group or step.")
+@click.option("--force", is_flag=True, help="Recompute even if the model is already the active one.")
 @click.option("--status", "show_status", is_flag=True, help="Print the current or last job and the models, exit.")
 @click.option("--abort", is_flag=True, help="Abandon the unfinished job and drop its column.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary (no progress bar).")
 def reembed(model: str | None, batch_size: int, window: int | None, stop_after: int | None, timeout: float,
-            show_status: bool, abort: bool, as_json: bool) -> None:  # fmt: skip
+            force: bool, show_status: bool, abort: bool, as_json: bool) -> None:  # fmt: skip
     """Recompute every embedding with another model and switch to it atomically.
 
     Searches keep using the current model until the swap; adds arriving meanwhile are caught up. Resumable: run
@@ -137,7 +140,7 @@ def reembed(model: str | None, batch_size: int, window: int | None, stop_after: 
     if not model:
         raise click.UsageError("--model is required (or --status / --abort)")
     summary = run(settings, app, model=model, batch_size=batch_size, window=window or rx.default_window(settings),
-                  stop_after=stop_after, timeout=timeout, progress=False if as_json else None)  # fmt: skip
+                  stop_after=stop_after, timeout=timeout, progress=False if as_json else None, force=force)  # fmt: skip
     click.echo(json.dumps(summary, indent=None if as_json else 2))
     if summary["status"] == "stopped":
         sys.exit(STOPPED)

@@ -294,6 +294,8 @@ def test_reembed_killed_half_way_resumes_switches_every_process_and_rolls_back(
 def test_stop_status_and_abort(workers: Settings, celery_app: Celery, fake_model: str) -> None:
     settings, env = workers, settings_env(workers)
     before = active(settings)
+    again = subprocess.run(cli("--model", "local"), env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0 and json.loads(again.stdout)["status"] == "already_active", again.stderr[-3000:]
     stopped = subprocess.run(cli("--model", fake_model, "--batch-size", "100", "--stop-after", "1"), env=env,
                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert stopped.returncode == 3, stopped.stderr[-3000:]
@@ -304,7 +306,9 @@ def test_stop_status_and_abort(workers: Settings, celery_app: Celery, fake_model
     assert (state["status"], state["batches_done"], state["spec"]) == ("building", 1, fake_model)
     assert (state["models"][0]["model"], state["models"][0]["status"]) == (fake_model, "building")  # newest first
     assert columns(settings)["memories", "embedding_next"] == DIMS
-    other = subprocess.run(cli("--model", "local"), env=env, capture_output=True, text=True, timeout=60, check=False)
+    other_model = fake_model.replace("fake-bow", "fake-other")
+    other = subprocess.run(cli("--model", other_model), env=env, capture_output=True, text=True, timeout=60,
+                           check=False)  # fmt: skip
     assert other.returncode == 1 and "unfinished reembed" in other.stderr  # one job at a time
     aborted = subprocess.run([sys.executable, "-m", "memos_pipeline.cli.reembed", "--abort"], env=env,
                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip

@@ -2,7 +2,7 @@
 
 The module runs its own stack (workers for chunker, indexer, search and reranker, and the relay) on its own queue
 prefix and BM25 directory, with ``MOS_RERANKER_BACKEND=http_bge_strategy``, ``MOS_RERANKER_STRATEGY=single_turn``
-against ``tests/fake_reranker.py`` (TEI ``/rerank``), and ``MIXTURE_DEADLINE_MS=300``.
+against ``tests/fake_reranker.py`` (TEI ``/rerank``), and ``MIXTURE_DEADLINE_MS=500``.
 
 The corpus is built so that the fast order and the reranker's order disagree: window A repeats the query's words
 across its three turns (BM25 and the dense embedding rank it first) but none of its turns answers; window B has
@@ -34,7 +34,7 @@ from memos_pipeline.rerank import mixture_cache_key
 
 pytestmark = pytest.mark.integration
 
-DEADLINE_MS = 300
+DEADLINE_MS = 500  # the fine chain (search + rerank) must fit in it on 2 shared cores
 # What the deadline cannot bound inside this process: the Flask test client, JSON, auth (a DB lookup), Redis GET.
 # On 2 shared cores with other suites running, a generous margin; the mixture benchmark measures the real thing.
 OVERHEAD_MS = 250
@@ -257,7 +257,7 @@ def test_fine_mode_reranker_down_is_a_502(
 def test_mixture_with_a_fast_reranker_returns_fine(
     api: FlaskClient, mix_tenant: Any, corpus: dict[str, str], reranker: FakeReranker
 ) -> None:
-    # Up to 3 tries: the fine chain (search + rerank) must fit in 300 ms on 2 cores shared with other test suites;
+    # Up to 3 tries: the fine chain (search + rerank) must fit in the wait on 2 cores shared with other test suites;
     # one try that makes it shows the merge, and a sustained miss still fails.
     tries: list[dict[str, Any]] = []
     for _ in range(3):
