@@ -23,7 +23,6 @@ vector, so none is stored by a model that is no longer active (see ``embedders.r
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from memos_pipeline.batchjob import CountMismatch, JobConflict, NotReady
 from memos_pipeline.config import Settings
 from memos_pipeline.db import session_scope
 from memos_pipeline.embedders import Embedder, model_for, parse_spec, read_active, refresh_all
-
-log = logging.getLogger(__name__)
 
 CATCH_UP_ROUNDS = 20
 

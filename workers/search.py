@@ -7,8 +7,8 @@ from typing import Any
 
 from memos_pipeline.bm25 import get_index
 from memos_pipeline.db import session_scope
-from memos_pipeline.embedders import get_embedder
-from memos_pipeline.retrieval import fast_search
+from memos_pipeline.embedders import get_embedder, retry_on_model_switch
+from memos_pipeline.retrieval import SearchOutput, fast_search
 from memos_pipeline.schemas import SearchJob
 from workers.base import PipelineTask
 from workers.celery import app
@@ -21,9 +21,14 @@ def fast(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
     job = SearchJob.model_validate(payload)
     settings = self.settings
     index = get_index(settings) if settings.bm25_call else None
-    with session_scope(settings) as s:
-        out = fast_search(s, get_embedder(settings), index, job, fusion_method=settings.fusion,
-                          dedup_turns=settings.search_dedup_turns, graph=settings.fast_graph,
-                          history_turns=settings.api_search_history_turns,
-                          history_window=settings.api_search_window_size)  # fmt: skip
-    return asdict(out)
+    embedder = get_embedder(settings)
+
+    def run() -> SearchOutput:
+        with session_scope(settings) as s:
+            return fast_search(s, embedder, index, job, fusion_method=settings.fusion,
+                               dedup_turns=settings.search_dedup_turns, graph=settings.fast_graph,
+                               history_turns=settings.api_search_history_turns,
+                               history_window=settings.api_search_window_size)  # fmt: skip
+
+    # Right at a reembed's swap the query may have been embedded by the outgoing model: once more with the new one.
+    return asdict(retry_on_model_switch(embedder, run))

@@ -224,6 +224,10 @@ from memos_pipeline.cli.reindex import reindex as _reindex  # noqa: E402  (heavy
 
 main.add_command(_reindex)
 
+from memos_pipeline.cli.reembed import reembed as _reembed  # noqa: E402  (heavy imports inside are lazy)
+
+main.add_command(_reembed)
+
 from evaluation.cli import eval_group as _eval_group  # noqa: E402  (eval locomo / eval prefeval)
 
 main.add_command(_eval_group)
