@@ -103,10 +103,10 @@ def test_process_commands(services: dict[str, dict[str, Any]]) -> None:
     assert command(services["migrate"]) == ["memos-pipeline", "db", "migrate"]
     assert str(services["migrate"].get("restart")) == "no", "a one-shot must not be restarted"
     flower = command(services["flower"])
-    assert flower[:4] == ["celery", "-A", "workers.celery", "flower"]
-    assert "--address=0.0.0.0" in flower
-    # From the environment, never a password written into the file.
-    assert any(a.startswith("--basic-auth=${FLOWER_BASIC_AUTH") for a in flower), flower
+    assert flower == ["memos-pipeline", "flower", "--address", "0.0.0.0", "--port", "5555"]
+    # The password comes from .env (required), never written into the file nor onto a command line.
+    assert environment(services["flower"])["MEMOS_FLOWER_PASSWORD"].startswith("${MEMOS_FLOWER_PASSWORD:?")
+    assert not any("basic-auth" in a for a in flower), flower
 
 
 def test_environment_names_are_known(services: dict[str, dict[str, Any]]) -> None:
