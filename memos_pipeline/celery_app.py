@@ -93,6 +93,8 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         redis_backend_health_check_interval=10,
         # Remote control (inspect, ping: what Flower uses) and events on exchanges of this deployment's prefix:
         # otherwise every deployment sharing a broker answers, and Flower turns events on for all of them.
+        # Reconnect to the broker in 0.5-2 s steps instead of kombu's 2-30 s (workers/consumer.py).
+        worker_consumer="workers.consumer:QuickReconnectConsumer",
         control_exchange=settings.queue("celery"),
         event_exchange=settings.queue("celeryev"),
     )

@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from typing import ClassVar
 
 import click
 
 from memos_pipeline.config import get_settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _LazyGroup(click.Group):
+    """Subcommands that live in evaluation/ are imported when used (or listed by --help), not when the CLI
+    module loads: those modules import the stack, which imports this package, and the workers have no need of
+    matplotlib or the harnesses."""
+
+    LAZY: ClassVar[dict[str, str]] = {
+        "eval": "evaluation.cli:eval_group",
+        "load": "evaluation.load:load",
+        "chaos": "evaluation.chaos:chaos",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.LAZY.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, attr = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="memos-pipeline")
 def main() -> None:
     """memos-pipeline: a memory service for AI applications.
@@ -228,21 +253,9 @@ from memos_pipeline.cli.reembed import reembed as _reembed  # noqa: E402  (heavy
 
 main.add_command(_reembed)
 
-from evaluation.cli import eval_group as _eval_group  # noqa: E402  (eval locomo / eval prefeval)
-
-main.add_command(_eval_group)
-
 from memos_pipeline.cli.flower import flower as _flower  # noqa: E402
 
 main.add_command(_flower)
-
-from evaluation.load import load as _load  # noqa: E402  (memos-pipeline load)
-
-main.add_command(_load)
-
-from evaluation.chaos import chaos as _chaos  # noqa: E402  (the chaos suite: its own services, faults, JSON)
-
-main.add_command(_chaos)
 
 if __name__ == "__main__":
     main()
