@@ -239,7 +239,8 @@ def own_stack(settings: Settings, name: str) -> Iterator[Harness]:
     else:
         cfg = base
     queues = [*CORE_QUEUES, "memreader", "preference"] if cfg.llm_enabled else list(CORE_QUEUES)
-    stack = Stack(cfg, queues=queues, quiet=os.environ.get('MEMOS_EVAL_VERBOSE') != '1')
+    # MEMOS_EVAL_VERBOSE=1 lets the workers' and the API's logs through to stderr (to find why a run fails).
+    stack = Stack(cfg, queues=queues, quiet=os.environ.get("MEMOS_EVAL_VERBOSE") != "1")
     api: Api | None = None
     try:
         stack.start()
