@@ -198,14 +198,18 @@ def test_reindex_killed_half_way_resumes_from_its_checkpoint(
     searches.join(timeout=30)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
-    expected = rows_in_postgres(settings)
     assert summary["status"] == "done" and summary["resumed"] is True
     assert summary["job_id"] == job.job_id and summary["resumed_from"] >= 8
-    assert summary["docs"] == summary["pg_rows"] == expected
+    # The job's own count check, on one Postgres snapshot. Rows of other tests' tenants may still be written after
+    # that snapshot (late pipeline stages in this session's database), so the index is compared with Postgres
+    # once the live indexer has caught up with them, and this test's tenant exactly.
+    assert summary["docs"] == summary["pg_rows"]
     assert summary["caught_up"] >= 3
 
-    time.sleep(0.02)
-    assert reader.count() == expected
+    deadline = time.monotonic() + 30
+    while (counts := (reader.count(), rows_in_postgres(settings)))[0] != counts[1] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert counts[0] == counts[1], counts
     assert reader.count(str(tenant_id)) == rows_in_postgres(settings, tenant_id) == N - N // 25 + 2  # + marker, added
     assert str(added) in ids(reader, tenant_id, "user0", "orchid greenhouse")
     assert str(unindexed) in ids(reader, tenant_id, "user0", "quokka")
