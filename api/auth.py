@@ -13,9 +13,9 @@ import uuid
 import redis
 
 from api.errors import RATE_LIMITED, UNAUTHORIZED, ApiError
-from memos_pipeline import store
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 
 log = logging.getLogger(__name__)
 CACHE_TTL_S = 30.0
@@ -48,8 +48,12 @@ def rate_limit(settings: Settings, digest: str) -> None:
         return
     if count > limit:
         retry_after = 60 - int(time.time()) % 60
-        raise ApiError(429, RATE_LIMITED, f"Authorization: rate limit of {limit} requests/minute for this key exceeded",
-                       headers={"Retry-After": str(retry_after)})  # fmt: skip
+        raise ApiError(
+            429,
+            RATE_LIMITED,
+            f"Authorization: rate limit of {limit} requests/minute for this key exceeded",
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
 _redis_clients: dict[str, redis.Redis] = {}

@@ -28,8 +28,9 @@ SEARCH_FAILED = 50201
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: int, message: str, data: Any = None,
-                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, status: int, code: int, message: str, data: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.data = status, code, message, data
         self.headers = headers or {}

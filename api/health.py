@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from api.common import celery, settings
-from memos_pipeline.db import get_engine
+from memos_pipeline.storage.db import get_engine
 
 bp = Blueprint("health", __name__)
 
@@ -42,6 +42,9 @@ def health() -> tuple[Response, int]:
 
     checks = {"database": _check(db), "redis": _check(cache), "broker": _check(broker)}
     ready = all(c["ok"] for c in checks.values())
-    body = {"code": 0 if ready else 50301, "message": "ok" if ready else "not ready",
-            "data": {"live": True, "ready": ready, "checks": checks}}  # fmt: skip
+    body = {
+        "code": 0 if ready else 50301,
+        "message": "ok" if ready else "not ready",
+        "data": {"live": True, "ready": ready, "checks": checks},
+    }
     return jsonify(body), 200 if ready else 503

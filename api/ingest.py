@@ -10,11 +10,11 @@ from flask import Blueprint, Response, g, request
 from api import ok
 from api.common import body, celery, settings
 from api.errors import INVALID_BODY, NOT_FOUND, ApiError
-from memos_pipeline import store
-from memos_pipeline.db import session_scope
-from memos_pipeline.ingest import accept_add
-from memos_pipeline.retrieval import memory_item
+from memos_pipeline.ingest.accept import accept_add
 from memos_pipeline.schemas import AddRequest, StatusRequest
+from memos_pipeline.search.recall import memory_item
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 
 bp = Blueprint("ingest", __name__)
 
@@ -29,9 +29,12 @@ def add_message() -> tuple[Response, int]:
     res = accept_add(cfg, celery(), g.tenant_id, req, trace_id=g.request_id, idempotency_key=key)
     acc = res.accepted
     data: dict[str, Any] = {
-        "task_id": acc.task_id, "ingest_id": str(acc.ingest_id), "status": "accepted", "published": res.published,
+        "task_id": acc.task_id,
+        "ingest_id": str(acc.ingest_id),
+        "status": "accepted",
+        "published": res.published,
         "duplicate": acc.duplicate,
-    }  # fmt: skip
+    }
     if (req.async_mode or cfg.async_mode) == "sync":
         data.update(_wait_for(cfg, acc.ingest_id, g.tenant_id))
         return ok(data, 200)
@@ -49,8 +52,11 @@ def _wait_for(cfg: Any, ingest_id: Any, tenant_id: Any) -> dict[str, Any]:
             if ingest.status in ("done", "failed") or time.monotonic() > deadline:
                 memories = [memory_item(m) for m in store.memories_of_ingest(s, ingest_id)]
                 timed_out = ingest.status not in ("done", "failed")
-                return {"status": "timeout" if timed_out else ingest.status, "stages": ingest.stages,
-                        "memory_detail_list": memories}  # fmt: skip
+                return {
+                    "status": "timeout" if timed_out else ingest.status,
+                    "stages": ingest.stages,
+                    "memory_detail_list": memories,
+                }
         time.sleep(delay)
         delay = min(delay * 1.5, 0.2)
 
@@ -63,10 +69,16 @@ def get_status() -> tuple[Response, int]:
         if ingest is None:
             which = f"task_id {req.task_id}" if req.task_id else f"ingest_id {req.ingest_id}"
             raise ApiError(404, NOT_FOUND, f"{'task_id' if req.task_id else 'ingest_id'}: no ingest with {which}")
-        return ok({
-            "task_id": ingest.task_id, "ingest_id": str(ingest.id), "status": ingest.status,
-            "user_id": ingest.user_id, "conversation_id": ingest.conversation_id,
-            "message_count": ingest.message_count, "stages": ingest.stages,
-            "created_at": ingest.created_at.isoformat(),
-            "finished_at": ingest.finished_at.isoformat() if ingest.finished_at else None,
-        })  # fmt: skip
+        return ok(
+            {
+                "task_id": ingest.task_id,
+                "ingest_id": str(ingest.id),
+                "status": ingest.status,
+                "user_id": ingest.user_id,
+                "conversation_id": ingest.conversation_id,
+                "message_count": ingest.message_count,
+                "stages": ingest.stages,
+                "created_at": ingest.created_at.isoformat(),
+                "finished_at": ingest.finished_at.isoformat() if ingest.finished_at else None,
+            }
+        )

@@ -7,10 +7,8 @@ from flask import Blueprint, Response, g
 from api import ok
 from api.common import body, celery, settings
 from api.errors import NOT_FOUND, ApiError
-from memos_pipeline import outbox, store
-from memos_pipeline.db import session_scope
 from memos_pipeline.embedders import get_embedder
-from memos_pipeline.retrieval import memory_item
+from memos_pipeline.ingest import outbox
 from memos_pipeline.schemas import (
     DeleteMemoryRequest,
     GetMemoryRequest,
@@ -19,6 +17,9 @@ from memos_pipeline.schemas import (
     MemoryHistoryRequest,
     UpdateMemoryRequest,
 )
+from memos_pipeline.search.recall import memory_item
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 
 bp = Blueprint("memories", __name__)
 
@@ -38,11 +39,19 @@ def get_memory() -> tuple[Response, int]:
     req = body(GetMemoryRequest)
     with session_scope(settings()) as s:
         rows, total = store.page_memories(
-            s, g.tenant_id, req.user_id, conversation_id=req.conversation_id, memory_type=req.memory_type,
-            kind=req.kind, status=req.status, page=req.page, size=req.size,
-        )  # fmt: skip
-        return ok({"memory_detail_list": [memory_item(m) for m in rows], "page": req.page, "size": req.size,
-                   "total": total})  # fmt: skip
+            s,
+            g.tenant_id,
+            req.user_id,
+            conversation_id=req.conversation_id,
+            memory_type=req.memory_type,
+            kind=req.kind,
+            status=req.status,
+            page=req.page,
+            size=req.size,
+        )
+        return ok(
+            {"memory_detail_list": [memory_item(m) for m in rows], "page": req.page, "size": req.size, "total": total}
+        )
 
 
 @bp.post("/delete/memory")
@@ -72,9 +81,16 @@ def update_memory() -> tuple[Response, int]:
             if (value, key) != (old.memory_value, old.memory_key)
             else old.embedding
         )
-        new = store.new_version(s, old, memory_value=value, memory_key=key,
-                                tags=req.tags if req.tags is not None else list(old.tags or []),
-                                embedding=vec, actor=_actor(), reason="user_update")  # fmt: skip
+        new = store.new_version(
+            s,
+            old,
+            memory_value=value,
+            memory_key=key,
+            tags=req.tags if req.tags is not None else list(old.tags or []),
+            embedding=vec,
+            actor=_actor(),
+            reason="user_update",
+        )
         item, ids = memory_item(new), [new.id, old.id]
     _reindex(ids)
     return ok(item)
@@ -95,7 +111,17 @@ def get_message() -> tuple[Response, int]:
     req = body(GetMessageRequest)
     with session_scope(settings()) as s:
         rows, total = store.page_messages(s, g.tenant_id, req.user_id, req.conversation_id, req.page, req.size)
-        items = [{"id": m.client_id or str(m.id), "message_id": str(m.id), "role": m.role, "name": m.name,
-                  "content": m.content, "chat_time": m.chat_time, "ingest_id": str(m.ingest_id),
-                  "create_time": m.created_at.isoformat()} for m in rows]  # fmt: skip
+        items = [
+            {
+                "id": m.client_id or str(m.id),
+                "message_id": str(m.id),
+                "role": m.role,
+                "name": m.name,
+                "content": m.content,
+                "chat_time": m.chat_time,
+                "ingest_id": str(m.ingest_id),
+                "create_time": m.created_at.isoformat(),
+            }
+            for m in rows
+        ]
         return ok({"messages": items, "page": req.page, "size": req.size, "total": total})

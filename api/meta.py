@@ -24,9 +24,11 @@ from memos_pipeline.schemas import (
 bp = Blueprint("meta", __name__)
 
 REQUEST_SECONDS = Histogram(
-    "memos_api_request_seconds", "API request latency by route", ["route", "method", "status"],
+    "memos_api_request_seconds",
+    "API request latency by route",
+    ["route", "method", "status"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)  # fmt: skip
+)
 ERRORS = Counter("memos_api_errors_total", "API responses with status >= 400", ["route", "status"])
 
 ROUTES: dict[str, tuple[type[BaseModel], str]] = {
@@ -41,13 +43,15 @@ ROUTES: dict[str, tuple[type[BaseModel], str]] = {
 }
 
 _ERROR = {
-    "type": "object", "required": ["code", "message"],
+    "type": "object",
+    "required": ["code", "message"],
     "properties": {"code": {"type": "integer"}, "message": {"type": "string"}, "data": {}},
-}  # fmt: skip
+}
 _ENVELOPE = {
-    "type": "object", "required": ["code", "message", "data"],
+    "type": "object",
+    "required": ["code", "message", "data"],
     "properties": {"code": {"type": "integer", "const": 0}, "message": {"type": "string"}, "data": {}},
-}  # fmt: skip
+}
 # Statuses every POST route may answer, besides its success: see api/errors.py for when each is used.
 _ERROR_STATUSES = ("400", "401", "404", "413", "422", "429")
 # The search waits on the search (and reranker) workers: 502 when a worker failed, 504 when none answered in time.
@@ -67,30 +71,62 @@ def openapi_spec() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-        responses = {"200": _json("#/components/schemas/Envelope", "ok"),
-                     **dict.fromkeys((*_ERROR_STATUSES, *_EXTRA_STATUSES.get(path, ())), err)}  # fmt: skip
+        responses = {
+            "200": _json("#/components/schemas/Envelope", "ok"),
+            **dict.fromkeys((*_ERROR_STATUSES, *_EXTRA_STATUSES.get(path, ())), err),
+        }
         if path == "/add/message":
             responses["202"] = _json("#/components/schemas/Envelope", "accepted: durable and queued")
-        paths[path] = {"post": {
-            "summary": summary, "security": [{"token": []}],
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
-            "responses": responses,
-        }}  # fmt: skip
-    paths["/health"] = {"get": {"summary": "Liveness and readiness", "responses": {
-        "200": _json("#/components/schemas/Envelope", "ready"), "503": err}}}  # fmt: skip
-    paths["/openapi.json"] = {"get": {"summary": "This document", "responses": {"200": {
-        "description": "the OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}}  # fmt: skip
-    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": {"200": {
-        "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}  # fmt: skip
+        paths[path] = {
+            "post": {
+                "summary": summary,
+                "security": [{"token": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+                },
+                "responses": responses,
+            }
+        }
+    paths["/health"] = {
+        "get": {
+            "summary": "Liveness and readiness",
+            "responses": {"200": _json("#/components/schemas/Envelope", "ready"), "503": err},
+        }
+    }
+    paths["/openapi.json"] = {
+        "get": {
+            "summary": "This document",
+            "responses": {
+                "200": {
+                    "description": "the OpenAPI document",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
+    paths["/metrics"] = {
+        "get": {
+            "summary": "Prometheus metrics",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "memos-pipeline", "version": __version__},
         "paths": paths,
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"token": {"type": "apiKey", "in": "header", "name": "Authorization",
-                                                     "description": "Token <key>"}}},
-    }  # fmt: skip
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "token": {"type": "apiKey", "in": "header", "name": "Authorization", "description": "Token <key>"}
+            },
+        },
+    }
 
 
 @bp.get("/openapi.json")

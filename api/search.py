@@ -23,9 +23,9 @@ from api.common import body, settings
 from api.common import celery as celery_app
 from api.errors import SEARCH_FAILED, TIMEOUT, ApiError
 from memos_pipeline.config import Settings
-from memos_pipeline.rerank import merge_fine_into_fast, mixture_cache_key
-from memos_pipeline.retrieval import PREFERENCE_NOTE
 from memos_pipeline.schemas import SearchJob, SearchRequest
+from memos_pipeline.search.recall import PREFERENCE_NOTE
+from memos_pipeline.search.rerank import merge_fine_into_fast, mixture_cache_key
 
 bp = Blueprint("search", __name__)
 FINE_CANDIDATES = 30  # fast candidates handed to the reranker: recall@30 is far above recall@10
@@ -33,8 +33,9 @@ FINE_CANDIDATES = 30  # fast candidates handed to the reranker: recall@30 is far
 
 def _fast(app: Celery, job: SearchJob, expires: float) -> AsyncResult:
     # expires: a search nobody waits for any more is dropped by the worker instead of being computed.
-    return app.send_task("memos.search.fast", args=[job.model_dump(mode="json")], expires=expires,
-                         headers={"trace_id": job.trace_id})  # fmt: skip
+    return app.send_task(
+        "memos.search.fast", args=[job.model_dump(mode="json")], expires=expires, headers={"trace_id": job.trace_id}
+    )
 
 
 def _fine(app: Celery, job: SearchJob, expires: float, cache: bool) -> AsyncResult:
@@ -133,11 +134,17 @@ def search_memory() -> tuple[Response, int]:
     cfg = settings()
     req = body(SearchRequest)
     job = SearchJob(
-        tenant_id=g.tenant_id, user_id=req.user_id, query=req.query, conversation_id=req.conversation_id,
-        top_k=req.top_k, pref_top_k=req.pref_top_k if cfg.enable_preference_memory else 0,
-        include_preference=req.include_preference and cfg.enable_preference_memory, filters=req.filters,
-        channels=req.channels, trace_id=g.request_id,
-    )  # fmt: skip
+        tenant_id=g.tenant_id,
+        user_id=req.user_id,
+        query=req.query,
+        conversation_id=req.conversation_id,
+        top_k=req.top_k,
+        pref_top_k=req.pref_top_k if cfg.enable_preference_memory else 0,
+        include_preference=req.include_preference and cfg.enable_preference_memory,
+        filters=req.filters,
+        channels=req.channels,
+        trace_id=g.request_id,
+    )
     app, mode = celery_app(), req.mode or cfg.search_mode
     info: dict[str, Any] = {"mode": mode}
     if mode == "mixture":
@@ -152,10 +159,12 @@ def search_memory() -> tuple[Response, int]:
         info["reranked"] = bool(out.get("reranked", False))
     memories = out["memories"] if out else []
     prefs = out["preferences"] if out else []
-    return ok({
-        "memory_detail_list": memories,
-        "preference_detail_list": prefs,
-        "preference_note": PREFERENCE_NOTE if prefs else "",
-        "search": info,
-        "timings_ms": out["timings_ms"] if out else {},
-    })  # fmt: skip
+    return ok(
+        {
+            "memory_detail_list": memories,
+            "preference_detail_list": prefs,
+            "preference_note": PREFERENCE_NOTE if prefs else "",
+            "search": info,
+            "timings_ms": out["timings_ms"] if out else {},
+        }
+    )

@@ -43,12 +43,12 @@ from sqlalchemy import bindparam, text
 from tqdm import tqdm
 
 from evaluation.texts import ConversationGenerator
-from memos_pipeline import pgserver, store
-from memos_pipeline.chunking import Turn, window_turns
 from memos_pipeline.config import Settings
-from memos_pipeline.db import get_engine, session_scope
 from memos_pipeline.embedders import Embedder, get_embedder
-from memos_pipeline.models import EMBEDDING_DIM
+from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage.db import get_engine, session_scope
+from memos_pipeline.storage.models import EMBEDDING_DIM
+from memos_pipeline.text.chunking import Turn, window_turns
 
 USER_ID = "bench_user"
 TOP_K = 10
@@ -66,8 +66,11 @@ def latency(samples_ms: Sequence[float]) -> Latency:
     if not samples_ms:
         return {"p50": None, "p99": None, "n": 0}
     arr = np.asarray(samples_ms, dtype=np.float64)
-    return {"p50": round(float(np.percentile(arr, 50)), 2), "p99": round(float(np.percentile(arr, 99)), 2),
-            "n": len(samples_ms)}  # fmt: skip
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 2),
+        "p99": round(float(np.percentile(arr, 99)), 2),
+        "n": len(samples_ms),
+    }
 
 
 class Api:
@@ -101,8 +104,9 @@ class Api:
         return ms, data
 
     def add(self, conversation_id: str, messages: list[dict[str, Any]]) -> tuple[float, str]:
-        ms, data = self.post("/add/message", {"user_id": USER_ID, "conversation_id": conversation_id,
-                                              "messages": messages}, expect=202)  # fmt: skip
+        ms, data = self.post(
+            "/add/message", {"user_id": USER_ID, "conversation_id": conversation_id, "messages": messages}, expect=202
+        )
         return ms, str(data["ingest_id"])
 
     def search(self, query: str) -> tuple[float, dict[str, Any]]:
@@ -140,8 +144,9 @@ def _turns(messages: Iterable[dict[str, Any]]) -> list[Turn]:
 
 def window_texts(settings: Settings, add: Add) -> list[str]:
     """The texts the chunker embeds for this add (same windowing and context as ``pipeline.chunk_ingest``)."""
-    windows = window_turns(_turns(add.messages), size=settings.chunk_turns, overlap=settings.chunk_overlap,
-                           context=_turns(add.context))  # fmt: skip
+    windows = window_turns(
+        _turns(add.messages), size=settings.chunk_turns, overlap=settings.chunk_overlap, context=_turns(add.context)
+    )
     return [w.text for w in windows]
 
 
@@ -173,8 +178,10 @@ def wait_done(
     """Poll Postgres until every ingest is done; the wall-clock time the last one finished (``finished_at``, so
     the poll interval does not blur it). Raises on failure."""
     ids = [uuid.UUID(i) for i in ingest_ids]
-    sql = text("SELECT count(*) FILTER (WHERE status IN ('done', 'failed')), count(*) FILTER (WHERE status = "
-               "'failed'), extract(epoch FROM max(finished_at)) FROM ingests WHERE id = ANY(:ids)")  # fmt: skip
+    sql = text(
+        "SELECT count(*) FILTER (WHERE status IN ('done', 'failed')), count(*) FILTER (WHERE status = "
+        "'failed'), extract(epoch FROM max(finished_at)) FROM ingests WHERE id = ANY(:ids)"
+    )
     deadline = time.monotonic() + timeout_s
     with get_engine(settings).connect() as conn:
         while True:
@@ -209,8 +216,10 @@ def probe_searchable(
                 break
             if time.perf_counter() - accepted > SEARCHABLE_TIMEOUT_S:
                 _, status = api.post("/get/status", {"ingest_id": ingest_id})
-                raise RuntimeError(f"probe {i}: marker {marker} not searchable after {SEARCHABLE_TIMEOUT_S}s "
-                                   f"({n} searches); ingest {ingest_id} is {status['status']}: {status['stages']}")  # fmt: skip
+                raise RuntimeError(
+                    f"probe {i}: marker {marker} not searchable after {SEARCHABLE_TIMEOUT_S}s "
+                    f"({n} searches); ingest {ingest_id} is {status['status']}: {status['stages']}"
+                )
         acks.append(ack)
         polls.append(n)
         ids.append(ingest_id)
@@ -291,17 +300,28 @@ def stored_window_texts(settings: Settings, ingest_ids: list[str]) -> Counter[st
 def stage_timings(settings: Settings, ingest_ids: list[str]) -> dict[str, Any]:
     """Per-stage latencies from ``ingests.stages`` (queue waits, chunker embed vs the rest, indexer), and how busy
     each single-process stage was over the ingests' wall time (near 1.0: that stage is the bottleneck)."""
-    sql = text("SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at), stages FROM ingests "
-               "WHERE id = ANY(:ids)")  # fmt: skip
+    sql = text(
+        "SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at), stages FROM ingests "
+        "WHERE id = ANY(:ids)"
+    )
     with get_engine(settings).connect() as conn:
         rows = conn.execute(sql, {"ids": [uuid.UUID(i) for i in ingest_ids]}).all()
 
     def ts(iso: str) -> float:
         return dt.datetime.fromisoformat(iso).timestamp()
 
-    cols: dict[str, list[float]] = {k: [] for k in ("chunker_queue_wait", "chunker", "chunker_embed",
-                                                    "chunker_other", "indexer_queue_wait", "indexer",
-                                                    "accepted_to_done")}  # fmt: skip
+    cols: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "chunker_queue_wait",
+            "chunker",
+            "chunker_embed",
+            "chunker_other",
+            "indexer_queue_wait",
+            "indexer",
+            "accepted_to_done",
+        )
+    }
     for created, finished, stages in rows:
         c, x = stages.get("chunker", {}), stages.get("indexer", {})
         try:  # a stage without timings (skipped, recovered by hand) is left out rather than failing the run
@@ -388,9 +408,12 @@ class CpuMeter:
                 by[owner[pid]] = by.get(owner[pid], 0.0) + cpu - self._procs.get(pid, (0, "", 0.0))[2]
         wall = t - self._t
         by[OTHER_CPU] = max(0.0, busy - self._busy - sum(by.values()))
-        self.phases[name] = {"wall_s": round(wall, 2), "cpu_capacity_s": round(wall * (os.cpu_count() or 1), 2),
-                             "busy_s": round(busy - self._busy, 2),
-                             "by_process_s": {k: round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])}}  # fmt: skip
+        self.phases[name] = {
+            "wall_s": round(wall, 2),
+            "cpu_capacity_s": round(wall * (os.cpu_count() or 1), 2),
+            "busy_s": round(busy - self._busy, 2),
+            "by_process_s": {k: round(v, 2) for k, v in sorted(by.items(), key=lambda kv: -kv[1])},
+        }
         self._t, self._busy, self._procs = t, busy, procs
 
 
@@ -431,8 +454,10 @@ def _contention_warnings(phases: dict[str, dict[str, Any]], threshold: float = 0
     for name, ph in phases.items():
         other = ph["by_process_s"].get(OTHER_CPU, 0.0)
         if ph["cpu_capacity_s"] and other / ph["cpu_capacity_s"] > threshold:
-            out.append(f"WARNING: other processes on this machine used {other / ph['cpu_capacity_s']:.0%} of the CPU "
-                       f"during '{name}': the numbers of that phase are pessimistic.")  # fmt: skip
+            out.append(
+                f"WARNING: other processes on this machine used {other / ph['cpu_capacity_s']:.0%} of the CPU "
+                f"during '{name}': the numbers of that phase are pessimistic."
+            )
     return out
 
 
@@ -446,11 +471,17 @@ def _ratio(a: float | int | None, b: float | int | None) -> float | None:
 
 
 def run_bench(
-    settings: Settings, messages: int = 2000, per_add: int = 10, progress: bool = True, *,
-    probes: int | None = None, searches: int = 200, seed: int = 7,
-) -> dict[str, Any]:  # fmt: skip
+    settings: Settings,
+    messages: int = 2000,
+    per_add: int = 10,
+    progress: bool = True,
+    *,
+    probes: int | None = None,
+    searches: int = 200,
+    seed: int = 7,
+) -> dict[str, Any]:
     """Run every phase on a fresh stack and return the results (see the module docstring)."""
-    from memos_pipeline.cli.stack import CORE_QUEUES, Stack
+    from cli.stack import CORE_QUEUES, Stack
 
     if messages < 1 or per_add < 1:
         raise ValueError("messages and per_add must be >= 1")
@@ -458,9 +489,12 @@ def run_bench(
     tmp = Path(tempfile.mkdtemp(prefix=f"memos-bench-{run}-"))
     # The per-key rate limit stays on (its Redis round trip is part of every request) but high enough that the
     # bench's own polling never trips it.
-    base = settings.with_overrides(queue_prefix=f"bench{run}.", api_port=_free_port(settings.api_host),
-                                   bm25_path=tmp / "bm25",
-                                   rate_limit_per_min=settings.rate_limit_per_min and 10_000_000)  # fmt: skip
+    base = settings.with_overrides(
+        queue_prefix=f"bench{run}.",
+        api_port=_free_port(settings.api_host),
+        bm25_path=tmp / "bm25",
+        rate_limit_per_min=settings.rate_limit_per_min and 10_000_000,
+    )
     own_db, started_pg, cfg = f"memos_bench_{run}", False, base
     queues = [*CORE_QUEUES, "memreader", "preference"] if base.llm_enabled else list(CORE_QUEUES)
     gen = ConversationGenerator(seed)
@@ -486,8 +520,10 @@ def run_bench(
         wait_done(cfg, [warm_id], 60)
         startup_s = time.perf_counter() - t_start
         roots = {name: p.pid for name, p in stack.procs}
-        cpu = CpuMeter({**roots, "bench (clients + in-process)": os.getpid()},
-                       (lambda: _db_backends(cfg)) if cfg is not base else list)  # fmt: skip
+        cpu = CpuMeter(
+            {**roots, "bench (clients + in-process)": os.getpid()},
+            (lambda: _db_backends(cfg)) if cfg is not base else list,
+        )
 
         with tqdm(total=len(adds), desc="add (flood)", unit="add", **bars) as bar:
             acks, ingest_ids, first_sent = flood(api, adds, bar)

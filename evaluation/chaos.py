@@ -47,11 +47,11 @@ from evaluation.chaos_load import Client, Outcome, Sender, plan_adds
 from evaluation.chaos_measure import DEFINITIONS, count_phase, recovery, stage_rows, stage_summary, wait_drained
 from evaluation.chaos_services import ChaosStack, FakeLlmServer, RabbitNode, RedisServer, free_port
 from evaluation.texts import ConversationGenerator
-from memos_pipeline import pgserver, store
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
-from memos_pipeline.db import get_engine, session_scope
-from memos_pipeline.deadletter import replay
+from memos_pipeline.ingest.deadletter import replay
+from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage.db import get_engine, session_scope
 
 QUEUES = ("chunker", "indexer", "search", "memreader", "preference")
 SUMMARY = (
@@ -86,13 +86,30 @@ def _settings(
     # The embedded Postgres on a port and data dir of its own (home), embedded BM25 (its documents are counted
     # from disk), short LLM timeouts (a hang is noticed in seconds), a relay that looks every half second.
     return base.with_overrides(
-        database_url=None, es_url=None, home=tmp / "home", pg_port=free_port(), broker_url=rabbit.url,
-        redis_url=redis.url, queue_prefix=f"chaos{run}.", bm25_path=tmp / "bm25", api_port=free_port(),
-        llm_base_url=llm.base_url, llm_model="fake-model", llm_api_key="chaos", llm_timeout_s=2.0,
-        llm_max_retries=1, async_mode="async", mos_enable_scheduler=True, enable_preference_memory=True,
-        bm25_call=True, search_mode="fast", relay_interval_s=0.5, relay_grace_s=1.0, rate_limit_per_min=10_000_000,
+        database_url=None,
+        es_url=None,
+        home=tmp / "home",
+        pg_port=free_port(),
+        broker_url=rabbit.url,
+        redis_url=redis.url,
+        queue_prefix=f"chaos{run}.",
+        bm25_path=tmp / "bm25",
+        api_port=free_port(),
+        llm_base_url=llm.base_url,
+        llm_model="fake-model",
+        llm_api_key="chaos",
+        llm_timeout_s=2.0,
+        llm_max_retries=1,
+        async_mode="async",
+        mos_enable_scheduler=True,
+        enable_preference_memory=True,
+        bm25_call=True,
+        search_mode="fast",
+        relay_interval_s=0.5,
+        relay_grace_s=1.0,
+        rate_limit_per_min=10_000_000,
         log_level="INFO",
-    )  # fmt: skip
+    )
 
 
 def phase_messages(messages: int, faults: tuple[str, ...]) -> dict[str, int]:
@@ -180,8 +197,17 @@ class ChaosRun:
         if not out.accepted or not wait_drained(self.cfg, [str(out.ingest_id)], 180)["drained"]:
             raise RuntimeError(f"the warm-up add did not go through: {out.errors}; logs in {self.tmp / 'logs'}")
         self.startup_s = round(time.monotonic() - t0, 2)
-        ch = Chaos(self.cfg, self.stack, self.rabbit, self.redis, self.llm, client, self.opts.outage_s,
-                   self.opts.down_s, self.opts.llm_fault_s)  # fmt: skip
+        ch = Chaos(
+            self.cfg,
+            self.stack,
+            self.rabbit,
+            self.redis,
+            self.llm,
+            client,
+            self.opts.outage_s,
+            self.opts.down_s,
+            self.opts.llm_fault_s,
+        )
         self.celery = make_celery(self.cfg)  # the dead-letter replay publishes through it
         return ch, client, self.celery
 
@@ -222,9 +248,11 @@ class ChaosRun:
             "stages": stage_summary(rows),
             "phase_s": round(time.monotonic() - t0, 2),
         }
-        self.log(f"[{name}] lost {result['lost']}, duplicates {result['duplicates']}, recover_s {result['recover_s']}, "
-                 f"sent during the fault searchable after {result['sent_during_fault_searchable_s']}s, drained "
-                 f"{drain['drained']} in {drain['drain_s']}s")  # fmt: skip
+        self.log(
+            f"[{name}] lost {result['lost']}, duplicates {result['duplicates']}, recover_s {result['recover_s']}, "
+            f"sent during the fault searchable after {result['sent_during_fault_searchable_s']}s, drained "
+            f"{drain['drained']} in {drain['drain_s']}s"
+        )
         return result
 
     def stop(self) -> None:
@@ -233,8 +261,13 @@ class ChaosRun:
             self.stack.stop(stop_db=False)
         if self.celery is not None:
             self.celery.close()
-        for step in (lambda: get_engine(self.cfg).dispose(), lambda: pgserver.stop(self.cfg), self.rabbit.stop,
-                     self.redis.stop, self.llm.stop):  # fmt: skip
+        for step in (
+            lambda: get_engine(self.cfg).dispose(),
+            lambda: pgserver.stop(self.cfg),
+            self.rabbit.stop,
+            self.redis.stop,
+            self.llm.stop,
+        ):
             try:
                 step()
             except Exception as exc:
@@ -298,7 +331,7 @@ def run_chaos(base: Settings, opts: Options) -> dict[str, Any]:
             "cpu_count": os.cpu_count(),
             "loadavg_start_end": [load_start, list(os.getloadavg())],
             "tmp_dir": tmp if opts.keep else None,
-        },  # fmt: skip
+        },
         "definitions": DEFINITIONS,
         "notes": [
             "Each fault is a phase of messages / len(faults) messages: a third of the adds before the fault, a third "
@@ -314,40 +347,86 @@ def run_chaos(base: Settings, opts: Options) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The summary table of a report."""
-    lines = ["| fault | accepted msgs | lost | duplicates | recover_s | sent during: searchable_s | llm_recover_s | "
-             "evidence |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| fault | accepted msgs | lost | duplicates | recover_s | sent during: searchable_s | llm_recover_s | "
+        "evidence |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, f in result["faults"].items():
         if "error" in f:
             lines.append(f"| {name} | error | | | | | | {f['error'].splitlines()[-1][:120]} |")
             continue
         ev = ", ".join(f"{k}={v}" for k, v in f["fault"].items() if not isinstance(v, dict | list))[:160]
-        lines.append(f"| {name} | {f['messages_accepted']} | {f['lost']} | {f['duplicates']} | {f['recover_s']} | "
-                     f"{f['sent_during_fault_searchable_s']} | {f['llm_recover_s']} | {ev} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {f['messages_accepted']} | {f['lost']} | {f['duplicates']} | {f['recover_s']} | "
+            f"{f['sent_during_fault_searchable_s']} | {f['llm_recover_s']} | {ev} |"
+        )
     verdict = "OK: nothing lost, nothing doubled" if result["ok"] else f"NOT OK {result['error'] or ''}"
     return "\n".join([f"## memos-pipeline chaos: {verdict}", "", *lines, ""])
 
 
 @click.command("chaos", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("-n", "--messages", type=click.IntRange(min=3), default=2000, show_default=True,
-              help="Messages to add in all, split evenly over the faults.")  # fmt: skip
+@click.option(
+    "-n",
+    "--messages",
+    type=click.IntRange(min=3),
+    default=2000,
+    show_default=True,
+    help="Messages to add in all, split evenly over the faults.",
+)
 @click.option(
     "--faults", default=",".join(FAULTS), show_default=True, help="Comma-separated faults, run in this order."
 )
-@click.option("--outage-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="How long RabbitMQ stays stopped in broker_outage.")  # fmt: skip
-@click.option("--down-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="How long Postgres and Redis stay stopped in their restarts.")  # fmt: skip
-@click.option("--llm-fault-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="How long the LLM fails, hangs or answers garbage.")  # fmt: skip
+@click.option(
+    "--outage-seconds",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="How long RabbitMQ stays stopped in broker_outage.",
+)
+@click.option(
+    "--down-seconds",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="How long Postgres and Redis stay stopped in their restarts.",
+)
+@click.option(
+    "--llm-fault-seconds",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="How long the LLM fails, hangs or answers garbage.",
+)
 @click.option("--per-add", type=click.IntRange(min=1), default=10, show_default=True, help="Messages per add.")
-@click.option("--sample", type=click.IntRange(min=0), default=25, show_default=True,
-              help="Messages per fault also checked through POST /search/memory.")  # fmt: skip
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=25,
+    show_default=True,
+    help="Messages per fault also checked through POST /search/memory.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON report (progress still on stderr).")
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the summary table to this file.")  # fmt: skip
+@click.option(
+    "--markdown",
+    "md_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the summary table to this file.",
+)
 @click.option("--keep", is_flag=True, help="Keep the run's directory (service and worker logs) and print its path.")
-def chaos(messages: int, faults: str, outage_seconds: float, down_seconds: float, llm_fault_seconds: float,
-          per_add: int, sample: int, as_json: bool, md_path: Path | None, keep: bool) -> None:  # fmt: skip
+def chaos(
+    messages: int,
+    faults: str,
+    outage_seconds: float,
+    down_seconds: float,
+    llm_fault_seconds: float,
+    per_add: int,
+    sample: int,
+    as_json: bool,
+    md_path: Path | None,
+    keep: bool,
+) -> None:
     """Add messages while workers are SIGKILLed, RabbitMQ, Postgres and Redis restart and the LLM fails, hangs and
     answers garbage (on services of its own, never the shared ones); per fault: lost, duplicates, time to recover.
     Exits 1 unless every fault lost nothing and doubled nothing."""
@@ -364,8 +443,16 @@ def chaos(messages: int, faults: str, outage_seconds: float, down_seconds: float
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
-    opts = Options(messages=messages, faults=names, outage_s=outage_seconds, down_s=down_seconds,
-                   llm_fault_s=llm_fault_seconds, per_add=per_add, sample=sample, keep=keep)  # fmt: skip
+    opts = Options(
+        messages=messages,
+        faults=names,
+        outage_s=outage_seconds,
+        down_s=down_seconds,
+        llm_fault_s=llm_fault_seconds,
+        per_add=per_add,
+        sample=sample,
+        keep=keep,
+    )
     result = run_chaos(get_settings(), opts)
     if md_path is not None:
         md_path.write_text(markdown(result))

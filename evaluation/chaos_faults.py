@@ -18,9 +18,9 @@ from sqlalchemy import text
 
 from evaluation.chaos_load import Add, Client, Sender
 from evaluation.chaos_services import ChaosStack, FakeLlmServer, RabbitNode, RedisServer
-from memos_pipeline import pgserver
 from memos_pipeline.config import Settings
-from memos_pipeline.db import get_engine
+from memos_pipeline.storage import pgserver
+from memos_pipeline.storage.db import get_engine
 
 # The chunker last: every other stage waits for its output, so they should not wait for its restart as well.
 KILL_TARGETS = ("indexer", "memreader", "preference", "chunker")
@@ -39,7 +39,7 @@ LLM_FAULTS: dict[str, list[dict[str, Any]]] = {
         {"json": {"memories": [{"memory_key": 1}]}},
         {"content": "<html><body>502 Bad Gateway</body></html>"},
         {"json": [1, 2, 3]},
-    ],  # fmt: skip
+    ],
 }
 
 
@@ -114,9 +114,17 @@ def broker_outage(ch: Chaos, sender: Sender, during: list[Add], conversations: l
     t_boot = time.time()
     boot_s = ch.rabbit.start()
     t_end = time.time()
-    return FaultRun(t_start, t_end, {"node": ch.rabbit.node, "port": ch.rabbit.port,
-                                     "broker_stopped_s": round(t_boot - t_start, 2), "broker_boot_s": round(boot_s, 2),
-                                     "broker_down_s": round(t_end - t_start, 2)})  # fmt: skip
+    return FaultRun(
+        t_start,
+        t_end,
+        {
+            "node": ch.rabbit.node,
+            "port": ch.rabbit.port,
+            "broker_stopped_s": round(t_boot - t_start, 2),
+            "broker_boot_s": round(boot_s, 2),
+            "broker_down_s": round(t_end - t_start, 2),
+        },
+    )
 
 
 def postgres_restart(ch: Chaos, sender: Sender, during: list[Add], conversations: list[str]) -> FaultRun:
@@ -129,9 +137,17 @@ def postgres_restart(ch: Chaos, sender: Sender, during: list[Add], conversations
     pgserver.start(ch.cfg)
     t_end = time.time()
     after = _postmaster_started(ch.cfg)
-    return FaultRun(t_start, t_end, {"port": ch.cfg.pg_port, "db_down_s": round(t_end - t_start, 2),
-                                     "postmaster_start_before": before, "postmaster_start_after": after,
-                                     "restarted": before != after})  # fmt: skip
+    return FaultRun(
+        t_start,
+        t_end,
+        {
+            "port": ch.cfg.pg_port,
+            "db_down_s": round(t_end - t_start, 2),
+            "postmaster_start_before": before,
+            "postmaster_start_after": after,
+            "restarted": before != after,
+        },
+    )
 
 
 def _search_while(client: Client, stop: threading.Event, out: Counter[str]) -> None:
@@ -163,18 +179,29 @@ def redis_flush_restart(ch: Chaos, sender: Sender, during: list[Add], conversati
     stop.set()
     searcher.join(timeout=30)
     after = ch.redis.info()
-    return FaultRun(t_start, t_end, {"port": ch.redis.port, "keys_flushed": flushed, "redis_down_s": round(t_end - t_start, 2),
-                                     "pid_before": before["pid"], "pid_after": after["pid"],
-                                     "run_id_changed": before["run_id"] != after["run_id"],
-                                     "result_channels_subscribed_before": subscribed,
-                                     "searches_during_outage": dict(searches)})  # fmt: skip
+    return FaultRun(
+        t_start,
+        t_end,
+        {
+            "port": ch.redis.port,
+            "keys_flushed": flushed,
+            "redis_down_s": round(t_end - t_start, 2),
+            "pid_before": before["pid"],
+            "pid_after": after["pid"],
+            "run_id_changed": before["run_id"] != after["run_id"],
+            "result_channels_subscribed_before": subscribed,
+            "searches_during_outage": dict(searches),
+        },
+    )
 
 
 def _llm_fault_met(ch: Chaos, kind: str, conversations: list[str], t_start: float) -> bool:
     if kind != "llm_garbage":
         return any(c["t"] >= t_start for c in ch.llm.calls())
-    sql = text("SELECT 1 FROM ingests WHERE conversation_id = ANY(:c) AND ('failed' IN "
-               "(stages->'memreader'->>'status', stages->'preference'->>'status')) LIMIT 1")  # fmt: skip
+    sql = text(
+        "SELECT 1 FROM ingests WHERE conversation_id = ANY(:c) AND ('failed' IN "
+        "(stages->'memreader'->>'status', stages->'preference'->>'status')) LIMIT 1"
+    )
     with get_engine(ch.cfg).connect() as conn:
         return conn.execute(sql, {"c": conversations}).first() is not None
 
@@ -184,8 +211,9 @@ def _llm_fault(kind: str) -> Callable[[Chaos, Sender, list[Add], list[str]], Fau
         steps = LLM_FAULTS[kind]
         many = steps * 1000  # the route's queue: every call during the fault takes the next one, in a cycle
         t_start = time.time()
-        ch.llm.script(routes={"facts": many, "preferences": list(many)},
-                      defaults={"facts": steps[0], "preferences": steps[0]})  # fmt: skip
+        ch.llm.script(
+            routes={"facts": many, "preferences": list(many)}, defaults={"facts": steps[0], "preferences": steps[0]}
+        )
         sender.submit(during, over_s=ch.llm_fault_s * 0.9)
         _sleep_until(t_start + ch.llm_fault_s)
         # A fault nothing ran into proves nothing: on a slow machine the stages may not have reached the model yet,
@@ -198,8 +226,15 @@ def _llm_fault(kind: str) -> Callable[[Chaos, Sender, list[Add], list[str]], Fau
         calls = [c for c in ch.llm.calls() if t_start <= c["t"] <= t_end]
         # A hung call is logged when it arrives (its answer comes long after the client gave up): label it so.
         seen = Counter(f"{c['route']}:{'hung' if c['delay'] else c['status']}:{c['outcome']}" for c in calls)
-        return FaultRun(t_start, t_end, {"llm_fault_s": round(t_end - t_start, 2), "calls_during_fault": len(calls),
-                                         "calls_by_route_status_outcome": dict(seen)})  # fmt: skip
+        return FaultRun(
+            t_start,
+            t_end,
+            {
+                "llm_fault_s": round(t_end - t_start, 2),
+                "calls_during_fault": len(calls),
+                "calls_by_route_status_outcome": dict(seen),
+            },
+        )
 
     run.__doc__ = f"The LLM endpoint misbehaves ({kind}) for ``llm_fault_s``, then answers well again."
     return run

@@ -64,8 +64,9 @@ class Outcome:
         return self.ingest_id is not None
 
 
-def plan_adds(gen: ConversationGenerator, run: str, phase: str, messages: int, per_add: int, clients: int,
-              first_marker: int) -> list[Add]:  # fmt: skip
+def plan_adds(
+    gen: ConversationGenerator, run: str, phase: str, messages: int, per_add: int, clients: int, first_marker: int
+) -> list[Add]:
     """``messages`` messages in adds of ``per_add``, over ``clients`` conversations, interleaved so that any prefix
     of the list spreads over the conversations; each conversation's adds stay in order."""
     sizes = [per_add] * (messages // per_add) + ([messages % per_add] if messages % per_add else [])
@@ -108,8 +109,9 @@ class Client:
             s.headers.update(self.headers)
         return s
 
-    def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None,
-             timeout: float = HTTP_TIMEOUT_S) -> requests.Response:  # fmt: skip
+    def post(
+        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None, timeout: float = HTTP_TIMEOUT_S
+    ) -> requests.Response:
         return self._session().post(self.base + path, json=body, headers=headers, timeout=timeout)
 
     def search(self, query: str, top_k: int = 5, **filters: str) -> list[dict[str, Any]]:
@@ -154,8 +156,10 @@ class Sender:
         self.queues: dict[str, queue.Queue[tuple[float, Outcome] | None]] = {c: queue.Queue() for c in conversations}
         self.outcomes: list[Outcome] = []
         self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(q,), daemon=True, name=f"chaos-client-{c}")
-                        for c, q in self.queues.items()]  # fmt: skip
+        self.threads = [
+            threading.Thread(target=self._run, args=(q,), daemon=True, name=f"chaos-client-{c}")
+            for c, q in self.queues.items()
+        ]
         for t in self.threads:
             t.start()
 

@@ -30,9 +30,9 @@ import tantivy
 from sqlalchemy import text
 
 from evaluation.chaos_load import Client, Outcome
-from memos_pipeline.bm25.tantivy_index import gen_path, read_pointer
 from memos_pipeline.config import Settings
-from memos_pipeline.db import get_engine
+from memos_pipeline.storage.bm25.tantivy_index import gen_path, read_pointer
+from memos_pipeline.storage.db import get_engine
 
 TERMINAL = ("done", "skipped", "failed", "dead_lettered")
 STAGES = ("chunker", "indexer", "memreader", "preference")
@@ -66,8 +66,15 @@ def stage_rows(settings: Settings, conversations: list[str]) -> list[tuple[uuid.
         return [(r[0], r[1], r[2]) for r in conn.execute(sql, {"c": conversations})]
 
 
-def wait_drained(settings: Settings, ingest_ids: Iterable[str], timeout_s: float, *, dead_ok: bool = True,
-                 on_poll: Callable[[int], None] | None = None, poll_s: float = 0.5) -> dict[str, Any]:  # fmt: skip
+def wait_drained(
+    settings: Settings,
+    ingest_ids: Iterable[str],
+    timeout_s: float,
+    *,
+    dead_ok: bool = True,
+    on_poll: Callable[[int], None] | None = None,
+    poll_s: float = 0.5,
+) -> dict[str, Any]:
     """Until every stage of every ingest is terminal. ``dead_ok=False`` (after a dead-letter replay): a
     dead-lettered stage is not terminal, the replayed task has yet to run. Returns how long it took."""
     ids = [uuid.UUID(i) for i in ingest_ids]
@@ -88,8 +95,12 @@ def wait_drained(settings: Settings, ingest_ids: Iterable[str], timeout_s: float
         if finished == len(ids):
             return {"drained": True, "drain_s": round(time.monotonic() - t0, 2)}
         if time.monotonic() - t0 > timeout_s:
-            return {"drained": False, "drain_s": round(time.monotonic() - t0, 2), "finished": finished,
-                    "ingests": len(ids)}  # fmt: skip
+            return {
+                "drained": False,
+                "drain_s": round(time.monotonic() - t0, 2),
+                "finished": finished,
+                "ingests": len(ids),
+            }
         time.sleep(poll_s)
 
 
@@ -115,8 +126,9 @@ def _searchable_at(stages: dict[str, Any]) -> float | None:
     return max(t for t in done if t is not None)
 
 
-def recovery(rows: list[tuple[uuid.UUID, str, dict[str, Any]]], outcomes: list[Outcome], t_start: float,
-             t_end: float) -> dict[str, Any]:  # fmt: skip
+def recovery(
+    rows: list[tuple[uuid.UUID, str, dict[str, Any]]], outcomes: list[Outcome], t_start: float, t_end: float
+) -> dict[str, Any]:
     """Seconds from ``t_end`` until the adds accepted by then were all searchable (and, of those, the adds sent
     while the fault lasted), and until the LLM stages of all the phase's ingests had finished."""
     stages = {str(i): s for i, _, s in rows}
@@ -132,14 +144,19 @@ def recovery(rows: list[tuple[uuid.UUID, str, dict[str, Any]]], outcomes: list[O
         if at is not None and t_start <= o.first_sent <= t_end:
             sent_during.append(at)
     # Where the recovery time went: waiting for the workers to consume again, then chunking the backlog.
-    chunked = [c for s in stages.values() if (c := s.get("chunker", {})).get("status") == "done"
-               and (_ts(c.get("started_at")) or 0.0) >= t_end]  # fmt: skip
+    chunked = [
+        c
+        for s in stages.values()
+        if (c := s.get("chunker", {})).get("status") == "done" and (_ts(c.get("started_at")) or 0.0) >= t_end
+    ]
     first_chunk = min((_ts(c["started_at"]) or 0.0 for c in chunked), default=None)
     chunk_s = [float(c.get("ms", 0)) / 1000 for c in chunked]
     llm_done = [
-        t for s in stages.values() for st in ("memreader", "preference")
+        t
+        for s in stages.values()
+        for st in ("memreader", "preference")
         if s.get(st, {}).get("status") == "done" and (t := _ts(s[st].get("finished_at"))) is not None
-    ]  # fmt: skip
+    ]
     return {
         "recover_s": round(max(0.0, max(searchable) - t_end), 2) if searchable else None,
         "sent_during_fault_searchable_s": round(max(0.0, max(sent_during) - t_end), 2) if sent_during else None,
@@ -158,10 +175,12 @@ def bm25_ids(bm25_dir: Path, tenant_id: str, conversations: list[str]) -> Counte
     index = tantivy.Index.open(str(path))
     index.reload()
     schema = index.schema
-    q = tantivy.Query.boolean_query([
-        (tantivy.Occur.Must, tantivy.Query.term_query(schema, "tenant", tenant_id)),
-        (tantivy.Occur.Must, tantivy.Query.term_set_query(schema, "conv", conversations)),
-    ])  # fmt: skip
+    q = tantivy.Query.boolean_query(
+        [
+            (tantivy.Occur.Must, tantivy.Query.term_query(schema, "tenant", tenant_id)),
+            (tantivy.Occur.Must, tantivy.Query.term_set_query(schema, "conv", conversations)),
+        ]
+    )
     searcher = index.searcher()
     ids: Counter[str] = Counter()
     offset = 0
@@ -175,22 +194,45 @@ def _extra(counts: Iterable[int]) -> int:
     return sum(c - 1 for c in counts if c > 1)
 
 
-def count_phase(settings: Settings, tenant_id: uuid.UUID, conversations: list[str], outcomes: list[Outcome],
-                client: Client, sample: int, seed: int = 7) -> dict[str, Any]:  # fmt: skip
+def count_phase(
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    conversations: list[str],
+    outcomes: list[Outcome],
+    client: Client,
+    sample: int,
+    seed: int = 7,
+) -> dict[str, Any]:
     """Lost and duplicated messages of one phase (see the module docstring for the definitions)."""
     accepted = [o for o in outcomes if o.accepted]
     expected = {cid: o for o in accepted for cid in o.add.markers}
     params = {"t": tenant_id, "c": conversations}
     with get_engine(settings).connect() as conn:
-        msgs = conn.execute(text("SELECT id, client_id, ingest_id FROM messages WHERE tenant_id = :t AND "
-                                 "conversation_id = ANY(:c)"), params).all()  # fmt: skip
-        raws = conn.execute(text(
-            "SELECT id, ingest_id, conversation_id, content_hash, status, embedding IS NOT NULL, source_message_ids "
-            "FROM memories WHERE tenant_id = :t AND conversation_id = ANY(:c) AND kind = 'raw'"), params).all()  # fmt: skip
-        n_ingests = conn.execute(text("SELECT count(*) FROM ingests WHERE tenant_id = :t AND conversation_id = "
-                                      "ANY(:c)"), params).scalar_one()  # fmt: skip
-        fact_hashes = conn.execute(text("SELECT content_hash FROM memories WHERE tenant_id = :t AND conversation_id "
-                                        "= ANY(:c) AND kind = 'fact' AND status = 'activated'"), params).scalars().all()  # fmt: skip
+        msgs = conn.execute(
+            text("SELECT id, client_id, ingest_id FROM messages WHERE tenant_id = :t AND conversation_id = ANY(:c)"),
+            params,
+        ).all()
+        raws = conn.execute(
+            text(
+                "SELECT id, ingest_id, conversation_id, content_hash, status, embedding IS NOT NULL, source_message_ids "
+                "FROM memories WHERE tenant_id = :t AND conversation_id = ANY(:c) AND kind = 'raw'"
+            ),
+            params,
+        ).all()
+        n_ingests = conn.execute(
+            text("SELECT count(*) FROM ingests WHERE tenant_id = :t AND conversation_id = ANY(:c)"), params
+        ).scalar_one()
+        fact_hashes = (
+            conn.execute(
+                text(
+                    "SELECT content_hash FROM memories WHERE tenant_id = :t AND conversation_id "
+                    "= ANY(:c) AND kind = 'fact' AND status = 'activated'"
+                ),
+                params,
+            )
+            .scalars()
+            .all()
+        )
     in_bm25 = bm25_ids(settings.bm25_dir, str(tenant_id), conversations)
 
     by_client = Counter(m.client_id for m in msgs)
@@ -198,8 +240,12 @@ def count_phase(settings: Settings, tenant_id: uuid.UUID, conversations: list[st
     for r in raws:
         for mid in r[6] or []:
             raw_of.setdefault((r[1], mid), []).append(r)
-    problems: dict[str, list[str]] = {"no_message_row": [], "no_raw_memory": [], "not_in_bm25": [],
-                                      "not_found_by_search": []}  # fmt: skip
+    problems: dict[str, list[str]] = {
+        "no_message_row": [],
+        "no_raw_memory": [],
+        "not_in_bm25": [],
+        "not_found_by_search": [],
+    }
     stored = {(m.client_id, str(m.ingest_id)): m for m in msgs}
     for cid, o in expected.items():
         m = stored.get((cid, str(o.ingest_id)))

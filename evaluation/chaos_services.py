@@ -22,7 +22,7 @@ from typing import IO, Any
 import redis
 import requests
 
-from memos_pipeline.cli.stack import Stack
+from cli.stack import Stack
 from memos_pipeline.config import Settings
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian: the real scripts; /usr/sbin wraps them in `su rabbitmq`
@@ -82,13 +82,18 @@ class RabbitNode:
         env = dict(os.environ)
         env.update(
             HOME=str(self.root),  # the Erlang cookie lives here, for the node and for rabbitmqctl alike
-            RABBITMQ_NODENAME=self.node, RABBITMQ_NODE_PORT=str(self.port), RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_MNESIA_BASE=str(self.root / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.root / "log"), RABBITMQ_ENABLED_PLUGINS_FILE=str(self.root / "enabled_plugins"),
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_MNESIA_BASE=str(self.root / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.root / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.root / "enabled_plugins"),
             RABBITMQ_CONFIG_FILE=str(self.root / "rabbitmq.conf"),
             RABBITMQ_CONF_ENV_FILE=str(self.root / "rabbitmq-env.conf"),
-            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.root / "advanced.config"), ERL_EPMD_ADDRESS="127.0.0.1",
-        )  # fmt: skip
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.root / "advanced.config"),
+            ERL_EPMD_ADDRESS="127.0.0.1",
+        )
         return env
 
     def start(self, timeout: float = 120.0) -> float:
@@ -100,8 +105,14 @@ class RabbitNode:
         """Start the node in the foreground (a child of ours) without waiting for it to boot."""
         self._t0 = time.monotonic()
         log = open(self.root / "server.out", "ab")  # noqa: SIM115  (the child keeps its own descriptor)
-        self.proc = subprocess.Popen([_rabbit_tool("rabbitmq-server")], env=self.env(), stdout=log, stderr=log,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [_rabbit_tool("rabbitmq-server")],
+            env=self.env(),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def wait(self, timeout: float = 120.0) -> float:
@@ -122,8 +133,14 @@ class RabbitNode:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            subprocess.run([_rabbit_tool("rabbitmqctl"), "-n", self.node, "stop"], env=self.env(), check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # fmt: skip
+            subprocess.run(
+                [_rabbit_tool("rabbitmqctl"), "-n", self.node, "stop"],
+                env=self.env(),
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=120,
+            )
         _stop_process(self.proc, timeout=60)
         self.proc = None
 
@@ -149,8 +166,21 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
 
     def start(self, timeout: float = 30.0) -> None:
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-               "--daemonize", "no", "--dir", str(self.root)]  # fmt: skip
+        cmd = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.root),
+        ]
         log = open(self.root / "redis.out", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
@@ -194,9 +224,13 @@ class FakeLlmServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "evaluation.fake_llm", "--port", str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "evaluation.fake_llm", "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("listening on "):
@@ -230,8 +264,11 @@ class ChaosStack(Stack):
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str], out: int | None) -> None:
         # settings_env() skips unset (None) settings, so the children would inherit them from our environment:
         # a MEMOS_DATABASE_URL or MEMOS_ES_URL exported in the shell must not send them to the shared services.
-        unset = {str(f.validation_alias.choices[0]) for n, f in Settings.model_fields.items()  # type: ignore[union-attr]
-                 if f.validation_alias is not None and getattr(self.settings, n) is None}  # fmt: skip
+        unset = {
+            str(f.validation_alias.choices[0])  # type: ignore[union-attr]
+            for n, f in Settings.model_fields.items()
+            if f.validation_alias is not None and getattr(self.settings, n) is None
+        }
         env = {k: v for k, v in env.items() if k not in unset}
         self.commands[name] = (cmd, env)
         self.procs.append((name, self._popen(name, cmd, env)))

@@ -30,8 +30,7 @@ def _modes(value: str) -> list[str]:
     out = [m.strip() for m in value.split(",") if m.strip()]
     unknown = [m for m in out if m not in locomo_mod.MODES]
     if unknown or not out:
-        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(locomo_mod.MODES)}",
-                                 param_hint="--modes")  # fmt: skip
+        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(locomo_mod.MODES)}", param_hint="--modes")
     return out
 
 
@@ -62,18 +61,43 @@ def _unwind_on_sigterm() -> None:
 @eval_group.command("locomo")
 @click.option("--data", required=True, type=_DATA, help="A LoCoMo json (e.g. locomo10.json or a split of it).")
 @click.option("--k", "k", default="1,5,10,20", show_default=True, help="Cut-offs for recall@k, hit@k.")
-@click.option("--modes", default="bm25,dense,fast", show_default=True,
-              help=f"Search modes side by side ({', '.join(locomo_mod.MODES)}).")  # fmt: skip
+@click.option(
+    "--modes",
+    default="bm25,dense,fast",
+    show_default=True,
+    help=f"Search modes side by side ({', '.join(locomo_mod.MODES)}).",
+)
 @click.option("--conversations", type=click.IntRange(min=1), default=None, help="Only the first N conversations.")
-@click.option("--budget", type=click.IntRange(min=1), default=locomo_mod.BUDGET_TOKENS, show_default=True,
-              help="Context budget in tokens for 'recall within budget'.")  # fmt: skip
-@click.option("--top-k", type=click.IntRange(1, 100), default=None,
-              help=f"Results per search [default: max(max k, {locomo_mod.BUDGET_TOP_K}), to fill the budget].")  # fmt: skip
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=locomo_mod.BUDGET_TOKENS,
+    show_default=True,
+    help="Context budget in tokens for 'recall within budget'.",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(1, 100),
+    default=None,
+    help=f"Results per search [default: max(max k, {locomo_mod.BUDGET_TOP_K}), to fill the budget].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result (progress bars still on stderr).")
-@click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write report.md, result.json, questions.jsonl and PNG plots to this directory.")  # fmt: skip
-def locomo_cmd(data: Path, k: str, modes: str, conversations: int | None, budget: int, top_k: int | None,
-               as_json: bool, report: Path | None) -> None:  # fmt: skip
+@click.option(
+    "--report",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write report.md, result.json, questions.jsonl and PNG plots to this directory.",
+)
+def locomo_cmd(
+    data: Path,
+    k: str,
+    modes: str,
+    conversations: int | None,
+    budget: int,
+    top_k: int | None,
+    as_json: bool,
+    report: Path | None,
+) -> None:
     """Ingest LoCoMo conversations (one add per session), search every question per mode, score the evidence:
     recall@k, hit@k, session recall@k, NDCG@10, recall within a token budget, context size, latency."""
     from evaluation.report import locomo_markdown, write_locomo_report
@@ -81,8 +105,9 @@ def locomo_cmd(data: Path, k: str, modes: str, conversations: int | None, budget
 
     ks, mode_list = _ks(k), _modes(modes)
     _unwind_on_sigterm()
-    result, records = locomo_mod.run_locomo(get_settings(), data, ks=ks, modes=mode_list,
-                                            conversations=conversations, budget=budget, top_k=top_k)  # fmt: skip
+    result, records = locomo_mod.run_locomo(
+        get_settings(), data, ks=ks, modes=mode_list, conversations=conversations, budget=budget, top_k=top_k
+    )
     if report is not None:
         paths = write_locomo_report(result, records, report)
         result["report"] = [str(p) for p in paths]
@@ -95,15 +120,25 @@ def locomo_cmd(data: Path, k: str, modes: str, conversations: int | None, budget
 @click.option("--data", required=True, type=_DATA, help="The PrefEval benchmark_dataset directory.")
 @click.option("--k", "k", default="5", show_default=True, help="Cut-offs for recall@k.")
 @click.option("--fillers", default="0,10,300", show_default=True, help="Filler turns between preference and question.")
-@click.option("--topics", type=click.IntRange(min=1), default=prefeval_mod.DEFAULT_TOPICS, show_default=True,
-              help="Topic items sampled (round robin over the topic files).")  # fmt: skip
+@click.option(
+    "--topics",
+    type=click.IntRange(min=1),
+    default=prefeval_mod.DEFAULT_TOPICS,
+    show_default=True,
+    help="Topic items sampled (round robin over the topic files).",
+)
 @click.option("--modes", default="bm25,dense,fast", show_default=True, help="Search modes side by side.")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-@click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write prefeval.md, prefeval.json and a PNG plot to this directory.")  # fmt: skip
-def prefeval_cmd(data: Path, k: str, fillers: str, topics: int, modes: str, seed: int, as_json: bool,
-                 report: Path | None) -> None:  # fmt: skip
+@click.option(
+    "--report",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write prefeval.md, prefeval.json and a PNG plot to this directory.",
+)
+def prefeval_cmd(
+    data: Path, k: str, fillers: str, topics: int, modes: str, seed: int, as_json: bool, report: Path | None
+) -> None:
     """LLM-free PrefEval proxy: preference, N filler turns, question; recall@k of the preference turn."""
     from evaluation.report import prefeval_markdown, write_prefeval_report
     from memos_pipeline.config import get_settings
@@ -111,8 +146,9 @@ def prefeval_cmd(data: Path, k: str, fillers: str, topics: int, modes: str, seed
     fill: Sequence[int] = sorted(set(_ints(fillers, "--fillers")))
     ks, mode_list = _ks(k), _modes(modes)
     _unwind_on_sigterm()
-    result, records = prefeval_mod.run_prefeval(get_settings(), data, ks=ks, fillers=fill, topics=topics,
-                                                modes=mode_list, seed=seed)  # fmt: skip
+    result, records = prefeval_mod.run_prefeval(
+        get_settings(), data, ks=ks, fillers=fill, topics=topics, modes=mode_list, seed=seed
+    )
     if report is not None:
         result["report"] = [str(p) for p in write_prefeval_report(result, records, report)]
     if not as_json:

@@ -225,8 +225,13 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path in ("/health", "/_health"):
             self._send(200, {"ok": True})
         elif self.path == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
-                                                         "owned_by": "tests"}]})  # fmt: skip
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "tests"}],
+                },
+            )
         else:
             self._error(404, f"no route GET {self.path}")
 
@@ -257,10 +262,15 @@ class Handler(BaseHTTPRequestHandler):
         route = route_of(system)
         step = STATE.next_step(route, conversation)
         entry: dict[str, Any] = {
-            "route": route, "user": conversation[:200], "last": (users[-1] if users else "")[:200],
-            "n_messages": len(messages), "status": int(step.get("status", 200)), "delay": float(step.get("delay", 0)),
-            "outcome": "answered", "t": time.time(),
-        }  # fmt: skip
+            "route": route,
+            "user": conversation[:200],
+            "last": (users[-1] if users else "")[:200],
+            "n_messages": len(messages),
+            "status": int(step.get("status", 200)),
+            "delay": float(step.get("delay", 0)),
+            "outcome": "answered",
+            "t": time.time(),
+        }
         STATE.log(entry)
         try:
             if entry["delay"]:
@@ -281,14 +291,29 @@ class Handler(BaseHTTPRequestHandler):
                 content = json.dumps(auto_answer(route, conversation), ensure_ascii=False)
             prompt_tokens = sum(tokens(m.get("content") or "") + 4 for m in messages)
             completion_tokens = tokens(content)
-            self._send(200, {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model") or "fake-model", "system_fingerprint": "fake",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-                             "logprobs": None, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens},
-            })  # fmt: skip
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model") or "fake-model",
+                    "system_fingerprint": "fake",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": content, "refusal": None},
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                },
+            )
         except (BrokenPipeError, ConnectionResetError, OSError):
             entry["outcome"] = "client_gone"  # the client timed out and hung up while we were "thinking"
             self.close_connection = True
@@ -305,8 +330,15 @@ class Handler(BaseHTTPRequestHandler):
             vec = embed(text)
             emb: Any = base64.b64encode(struct.pack(f"<{DIM}f", *vec)).decode() if b64 else vec
             data.append({"object": "embedding", "index": i, "embedding": emb})
-        self._send(200, {"object": "list", "data": data, "model": body.get("model") or "fake-embedding",
-                         "usage": {"prompt_tokens": total, "total_tokens": total}})  # fmt: skip
+        self._send(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model") or "fake-embedding",
+                "usage": {"prompt_tokens": total, "total_tokens": total},
+            },
+        )
 
 
 def embed(text: str) -> list[float]:

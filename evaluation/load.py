@@ -42,12 +42,12 @@ from evaluation.bench import CpuMeter, _contention_warnings, _db_backends, _dele
 from evaluation.load_driver import Driver, Planned, Sampler
 from evaluation.load_report import Window, plot, summarize
 from evaluation.texts import ConversationGenerator
-from memos_pipeline import pgserver, store
 from memos_pipeline.config import Settings
-from memos_pipeline.db import get_engine, session_scope
+from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage.db import get_engine, session_scope
 
 if TYPE_CHECKING:
-    from memos_pipeline.cli.stack import Stack
+    from cli.stack import Stack
 
 USER_ID = "load_user"
 CONVERSATIONS = 8  # adds are spread over this many conversations per step
@@ -74,8 +74,11 @@ def schedule(run: Run, step: int, add_rate: float, search_rate: float, seconds: 
     plan = []
     for i in range(n_adds):
         c, k = i % convs, i // convs
-        body: dict[str, Any] = {"user_id": USER_ID, "conversation_id": f"load-{step:02d}-{c}",
-                "messages": texts[c][k * per_add : (k + 1) * per_add]}  # fmt: skip
+        body: dict[str, Any] = {
+            "user_id": USER_ID,
+            "conversation_id": f"load-{step:02d}-{c}",
+            "messages": texts[c][k * per_add : (k + 1) * per_add],
+        }
         plan.append(Planned(i / add_rate, "add", "/add/message", body))
     for j in range(n_searches):
         body = {"user_id": USER_ID, "query": run.queries[j % len(run.queries)], "top_k": TOP_K, "mode": "fast"}
@@ -102,8 +105,10 @@ def wait_drained(run: Run, timeout: float, quiet_samples: int = 2) -> bool:
 
 def ingest_times(cfg: Settings, ids: list[str]) -> list[tuple[float, float | None, str]]:
     """(created, finished, status) of these ingests, as epoch seconds from Postgres."""
-    sql = text("SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at), status FROM ingests "
-               "WHERE id = ANY(:ids)")  # fmt: skip
+    sql = text(
+        "SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at), status FROM ingests "
+        "WHERE id = ANY(:ids)"
+    )
     with get_engine(cfg).connect() as conn:
         rows = conn.execute(sql, {"ids": [uuid.UUID(i) for i in ids]}).all()
     return [(float(c), None if f is None else float(f), str(s)) for c, f, s in rows]
@@ -129,8 +134,9 @@ def run_step(run: Run, step: int, add_rate: float, search_rate: float, seconds: 
     return {"step": step, **summary}
 
 
-def check_options(rate: float, seconds: float, per_add: int, search_ratio: float, search_rate: float | None,
-                  step_factor: float) -> None:  # fmt: skip
+def check_options(
+    rate: float, seconds: float, per_add: int, search_ratio: float, search_rate: float | None, step_factor: float
+) -> None:
     """ValueError naming the option that makes no sense."""
     for name, value in (("--rate", rate), ("--seconds", seconds), ("--per-add", per_add)):
         if value <= 0:
@@ -146,8 +152,16 @@ def _nice(rate: float) -> float:
     return float(f"{rate:.2g}")
 
 
-def find_max(run: Run, start: float, seconds: float, per_add: int, search: tuple[str, float], factor: float,
-             max_rate: float, refine: int) -> list[dict[str, Any]]:  # fmt: skip
+def find_max(
+    run: Run,
+    start: float,
+    seconds: float,
+    per_add: int,
+    search: tuple[str, float],
+    factor: float,
+    max_rate: float,
+    refine: int,
+) -> list[dict[str, Any]]:
     """Step up until a step is not sustainable, then bisect between the last good and the first bad rate."""
 
     def search_rate(rate: float) -> float:
@@ -176,12 +190,15 @@ def find_max(run: Run, start: float, seconds: float, per_add: int, search: tuple
 def isolated_stack(settings: Settings, run_id: str, tmp: Path) -> Iterator[tuple[Settings, Stack]]:
     """The stack ``up`` runs, on a database, queue prefix, BM25 directory and API port of its own; all removed
     (and the processes stopped) on exit."""
-    from memos_pipeline.cli.stack import CORE_QUEUES, Stack
+    from cli.stack import CORE_QUEUES, Stack
 
     # The per-key rate limit stays on (its Redis round trip is part of every request) but out of the way.
-    base = settings.with_overrides(queue_prefix=f"load{run_id}.", api_port=_free_port(settings.api_host),
-                                   bm25_path=tmp / "bm25",
-                                   rate_limit_per_min=settings.rate_limit_per_min and 10_000_000)  # fmt: skip
+    base = settings.with_overrides(
+        queue_prefix=f"load{run_id}.",
+        api_port=_free_port(settings.api_host),
+        bm25_path=tmp / "bm25",
+        rate_limit_per_min=settings.rate_limit_per_min and 10_000_000,
+    )
     own_db, started_pg, cfg = f"memos_load_{run_id}", False, base
     queues = [*CORE_QUEUES, "memreader", "preference"] if base.llm_enabled else list(CORE_QUEUES)
     stack: Stack | None = None
@@ -210,8 +227,9 @@ def _warm_up(run: Run) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            out = run.driver.send(Planned(0, "search", "/search/memory", {"user_id": USER_ID, "query": "warm up"}),
-                                  time.monotonic())  # fmt: skip
+            out = run.driver.send(
+                Planned(0, "search", "/search/memory", {"user_id": USER_ID, "query": "warm up"}), time.monotonic()
+            )
         except Exception:
             out = None
         if out is not None and out.ok:
@@ -220,17 +238,30 @@ def _warm_up(run: Run) -> None:
             raise RuntimeError(f"the API does not answer searches: {out.error if out else 'no answer'}")
         time.sleep(0.5)
     warm = run.gen.conversation("warmup", 4)
-    run.driver.send(Planned(0, "add", "/add/message", {"user_id": USER_ID, "conversation_id": "warmup",
-                                                       "messages": warm}), time.monotonic())  # fmt: skip
+    run.driver.send(
+        Planned(0, "add", "/add/message", {"user_id": USER_ID, "conversation_id": "warmup", "messages": warm}),
+        time.monotonic(),
+    )
     if not wait_drained(run, timeout=120):
         raise RuntimeError("the warm-up add did not finish within 120 s")
 
 
 def run_load(
-    settings: Settings, rate: float, seconds: float, *, per_add: int = 2, search_ratio: float = 1.0,
-    search_rate: float | None = None, find: bool = False, step_factor: float = 1.5, max_rate: float = 500.0,
-    refine: int = 1, report_dir: Path | None = None, progress: bool = True, seed: int = 7,
-) -> dict[str, Any]:  # fmt: skip
+    settings: Settings,
+    rate: float,
+    seconds: float,
+    *,
+    per_add: int = 2,
+    search_ratio: float = 1.0,
+    search_rate: float | None = None,
+    find: bool = False,
+    step_factor: float = 1.5,
+    max_rate: float = 500.0,
+    refine: int = 1,
+    report_dir: Path | None = None,
+    progress: bool = True,
+    seed: int = 7,
+) -> dict[str, Any]:
     """Run one step at ``rate`` (or ``find``: the stepped search for the highest sustainable rate)."""
     check_options(rate, seconds, per_add, search_ratio, search_rate, step_factor)
     run_id, load_start = secrets.token_hex(3), list(os.getloadavg())
@@ -240,7 +271,7 @@ def run_load(
     gen = ConversationGenerator(seed)
     try:
         with isolated_stack(settings, run_id, tmp) as (cfg, stack):
-            from memos_pipeline.cli.stack import CORE_QUEUES
+            from cli.stack import CORE_QUEUES
 
             with session_scope(cfg) as s:
                 tenant_id, key = store.create_api_key(s, f"load-{run_id}", "memos-pipeline load")
@@ -253,8 +284,9 @@ def run_load(
                 _warm_up(run)
                 roots = {name: p.pid for name, p in stack.procs}
                 own_db = cfg.database_url != settings.database_url
-                run.cpu = CpuMeter({**roots, "load client": os.getpid()},
-                                   (lambda: _db_backends(cfg)) if own_db else list)  # fmt: skip
+                run.cpu = CpuMeter(
+                    {**roots, "load client": os.getpid()}, (lambda: _db_backends(cfg)) if own_db else list
+                )
                 if find:
                     steps = find_max(run, rate, seconds, per_add, search, step_factor, max_rate, refine)
                 else:
@@ -271,14 +303,24 @@ def run_load(
     best = max(good, key=lambda s: s["offered"]["add_rate"]) if good else None
     result: dict[str, Any] = {
         "config": {
-            "mode": "find_max" if find else "fixed_rate", "start_rate" if find else "rate": rate,
-            "seconds_per_step": seconds, "per_add": per_add,
+            "mode": "find_max" if find else "fixed_rate",
+            "start_rate" if find else "rate": rate,
+            "seconds_per_step": seconds,
+            "per_add": per_add,
             "search": {"ratio": search_ratio} if search_rate is None else {"rate": search_rate},
-            "search_mode": "fast", "top_k": TOP_K, "step_factor": step_factor if find else None,
-            "max_rate": max_rate if find else None, "refine": refine if find else None,
-            "conversations_per_step": CONVERSATIONS, "api_workers": cfg.api_workers, "api_threads": cfg.api_threads,
-            "client_threads": driver.threads, "queues": queues, "embedder": cfg.embedder,
-            "cpu_count": os.cpu_count(), "seed": seed,
+            "search_mode": "fast",
+            "top_k": TOP_K,
+            "step_factor": step_factor if find else None,
+            "max_rate": max_rate if find else None,
+            "refine": refine if find else None,
+            "conversations_per_step": CONVERSATIONS,
+            "api_workers": cfg.api_workers,
+            "api_threads": cfg.api_threads,
+            "client_threads": driver.threads,
+            "queues": queues,
+            "embedder": cfg.embedder,
+            "cpu_count": os.cpu_count(),
+            "seed": seed,
         },
         "sustainable_add_rate": best["offered"]["add_rate"] if best else None,
         "sustainable_msgs_per_s": best["offered"]["msgs_per_s"] if best else None,
@@ -289,10 +331,12 @@ def run_load(
         "warnings": _contention_warnings({f"step {s['step']}": s["cpu_s"] for s in steps if "cpu_s" in s}),
         "report": {"json": str(report / "load.json"), "png": str(report / "load.png")},
         "notes": NOTES,
-    }  # fmt: skip
-    title = (f"memos-pipeline load: adds of {per_add} message(s); sustainable "
-             f"{result['sustainable_add_rate']} adds/s, queues stop draining at "
-             f"{result['queues_stop_draining_at_add_rate']} adds/s")  # fmt: skip
+    }
+    title = (
+        f"memos-pipeline load: adds of {per_add} message(s); sustainable "
+        f"{result['sustainable_add_rate']} adds/s, queues stop draining at "
+        f"{result['queues_stop_draining_at_add_rate']} adds/s"
+    )
     plot(sampler.timeline, steps, report / "load.png", title)
     (report / "load.json").write_text(json.dumps({**result, "timeline": asdict(sampler.timeline)}, indent=1))
     return result
@@ -322,8 +366,9 @@ NOTES = [
 
 
 @click.command("load", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--rate", type=float, default=5.0, show_default=True,
-              help="Adds per second (the start rate with --find-max).")  # fmt: skip
+@click.option(
+    "--rate", type=float, default=5.0, show_default=True, help="Adds per second (the start rate with --find-max)."
+)
 @click.option("--seconds", type=float, default=30.0, show_default=True, help="Length of the load (of each step).")
 @click.option("--per-add", type=int, default=2, show_default=True, help="Messages per add.")
 @click.option("--search-ratio", type=float, default=1.0, show_default=True, help="Searches per add.")
@@ -332,11 +377,27 @@ NOTES = [
 @click.option("--step-factor", type=float, default=1.5, show_default=True, help="--find-max: rate multiplier.")
 @click.option("--max-rate", type=float, default=500.0, show_default=True, help="--find-max: highest rate tried.")
 @click.option("--refine", type=int, default=1, show_default=True, help="--find-max: bisection steps at the end.")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for load.json and load.png (default: MEMOS_HOME/load/<time>-<run>).")  # fmt: skip
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for load.json and load.png (default: MEMOS_HOME/load/<time>-<run>).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result (no progress bars).")
-def load(rate: float, seconds: float, per_add: int, search_ratio: float, search_rate: float | None, find_max: bool,
-         step_factor: float, max_rate: float, refine: int, report_dir: Path | None, as_json: bool) -> None:  # fmt: skip
+def load(
+    rate: float,
+    seconds: float,
+    per_add: int,
+    search_ratio: float,
+    search_rate: float | None,
+    find_max: bool,
+    step_factor: float,
+    max_rate: float,
+    refine: int,
+    report_dir: Path | None,
+    as_json: bool,
+) -> None:
     """Sustained adds and searches against the API under gunicorn: error rate, p50/p99, queue depth over time
     (PNG), and the add rate at which the queues stop draining (--find-max)."""
     from memos_pipeline.config import get_settings
@@ -350,14 +411,28 @@ def load(rate: float, seconds: float, per_add: int, search_ratio: float, search_
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
-    result = run_load(get_settings(), rate, seconds, per_add=per_add, search_ratio=search_ratio,
-                      search_rate=search_rate, find=find_max, step_factor=step_factor, max_rate=max_rate,
-                      refine=refine, report_dir=report_dir, progress=not as_json)  # fmt: skip
+    result = run_load(
+        get_settings(),
+        rate,
+        seconds,
+        per_add=per_add,
+        search_ratio=search_ratio,
+        search_rate=search_rate,
+        find=find_max,
+        step_factor=step_factor,
+        max_rate=max_rate,
+        refine=refine,
+        report_dir=report_dir,
+        progress=not as_json,
+    )
     click.echo(json.dumps(result, indent=2))
     if not as_json:
-        click.echo(f"sustainable: {result['sustainable_add_rate']} adds/s "
-                   f"(p99 ack {(result['add_ack_ms_at_sustainable'] or {}).get('p99')} ms); report: "
-                   f"{result['report']['png']}", err=True)  # fmt: skip
+        click.echo(
+            f"sustainable: {result['sustainable_add_rate']} adds/s "
+            f"(p99 ack {(result['add_ack_ms_at_sustainable'] or {}).get('p99')} ms); report: "
+            f"{result['report']['png']}",
+            err=True,
+        )
 
 
 if __name__ == "__main__":

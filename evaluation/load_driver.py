@@ -21,7 +21,7 @@ from sqlalchemy import text
 from tqdm import tqdm
 
 from memos_pipeline.config import Settings
-from memos_pipeline.db import get_engine
+from memos_pipeline.storage.db import get_engine
 
 HTTP_TIMEOUT_S = 30.0
 
@@ -142,8 +142,9 @@ class Timeline:
 class Sampler(threading.Thread):
     """Samples queue depths (AMQP passive declare: ``message_count``) and the backlog of this tenant's ingests."""
 
-    def __init__(self, cfg: Settings, queues: Sequence[str], tenant_id: uuid.UUID, t0: float,
-                 interval: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: Settings, queues: Sequence[str], tenant_id: uuid.UUID, t0: float, interval: float = 0.5
+    ) -> None:
         super().__init__(name="load-sampler", daemon=True)
         self.cfg, self.names, self.tenant_id, self.t0, self.interval = cfg, list(queues), tenant_id, t0, interval
         self.timeline = Timeline(queues={q: [] for q in self.names})
@@ -154,8 +155,10 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         from memos_pipeline.celery_app import make_celery
 
-        sql = text("SELECT count(*), count(*) FILTER (WHERE status IN ('done', 'failed')) FROM ingests "
-                   "WHERE tenant_id = :tenant")  # fmt: skip
+        sql = text(
+            "SELECT count(*), count(*) FILTER (WHERE status IN ('done', 'failed')) FROM ingests "
+            "WHERE tenant_id = :tenant"
+        )
         try:
             with make_celery(self.cfg).connection_for_write() as conn, get_engine(self.cfg).connect() as db:
                 channel = conn.channel()

@@ -48,9 +48,15 @@ def _nearest(tl: Timeline, t: float) -> int | None:
 
 
 def summarize(
-    outcomes: list[Outcome], t0: float, win: Window, tl: Timeline, ingests: list[tuple[float, float | None, str]],
-    add_rate: float, search_rate: float, per_add: int,
-) -> dict[str, Any]:  # fmt: skip
+    outcomes: list[Outcome],
+    t0: float,
+    win: Window,
+    tl: Timeline,
+    ingests: list[tuple[float, float | None, str]],
+    add_rate: float,
+    search_rate: float,
+    per_add: int,
+) -> dict[str, Any]:
     """One step: errors, latencies, achieved rates, time to done, backlog and queue depths, drain, verdict.
 
     ``ingests``: (created, finished or None, status) on the wall clock for every add this step got accepted.
@@ -99,14 +105,14 @@ def summarize(
             "seconds": win.seconds,
             "per_add": per_add,
             "msgs_per_s": round(add_rate * per_add, 2),
-        },  # fmt: skip
+        },
         "requests": {"adds": len(adds), "searches": len(searches), "total": len(outcomes)},
         "errors": {
             "count": len(failed),
             "rate": round(error_rate, 4),
             "by_reason": dict(reasons),
             "examples": [o.error for o in failed[:3]],
-        },  # fmt: skip
+        },
         "achieved_add_rate": round(achieved, 2),
         "achieved_search_rate": round(sum(o.ok for o in searches) / max(win.seconds, 1e-9), 2),
         "add_ack_ms": latency([o.latency_ms for o in ok_adds]),
@@ -118,17 +124,17 @@ def summarize(
             "done": sum(st == "done" for _, _, st in ingests),
             "failed": sum(st == "failed" for _, _, st in ingests),
             "done_in_window_per_s": round(done_in_window / win.seconds, 2),
-        },  # fmt: skip
+        },
         "time_to_done_ms": {
             **latency([ms for _, ms in ttd]),
             "first_third_p50": latency(first)["p50"],
             "last_third_p50": latency(last)["p50"],
-        },  # fmt: skip
+        },
         "backlog": {
             "max": max((tl.backlog[i] for i in in_window), default=0),
             "at_load_end": tl.backlog[at_end] if at_end is not None else None,
             "growth_per_s_second_half": None if growth is None else round(growth, 3),
-        },  # fmt: skip
+        },
         "queue_depth_max": depth_max,
         "queue_depth_at_load_end": depth_end,
         "drain_s": None if drain_s is None else round(drain_s, 2),

@@ -34,9 +34,9 @@ import requests
 from tqdm import tqdm
 
 from evaluation import metrics
-from memos_pipeline import pgserver, store
 from memos_pipeline.config import Settings
-from memos_pipeline.db import get_engine, session_scope
+from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage.db import get_engine, session_scope
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 SCORED = (1, 2, 3, 4)  # the overall score; 5 is reported apart
@@ -98,8 +98,15 @@ def session_messages(turns: Sequence[dict[str, Any]], date_time: str) -> list[di
         text = str(t.get("text") or "")
         if t.get("blip_caption"):
             text = f"{text} [shares a photo: {t['blip_caption']}]".strip()
-        out.append({"role": "user", "name": t["speaker"], "content": clean_text(text) or "(no text)",
-                    "chat_time": date_time, "id": t["dia_id"]})  # fmt: skip
+        out.append(
+            {
+                "role": "user",
+                "name": t["speaker"],
+                "content": clean_text(text) or "(no text)",
+                "chat_time": date_time,
+                "id": t["dia_id"],
+            }
+        )
     return out
 
 
@@ -110,16 +117,28 @@ def load_locomo(path: Path, limit: int | None = None) -> list[Conversation]:
     for sample in raw[:limit] if limit else raw:
         conv, sid = sample["conversation"], str(sample["sample_id"])
         numbers = sorted(int(m.group(1)) for k in conv if (m := re.fullmatch(r"session_(\d+)", k)))
-        sessions = tuple((str(conv.get(f"session_{n}_date_time", "")), tuple(conv[f"session_{n}"]))
-                         for n in numbers if conv[f"session_{n}"])  # fmt: skip
+        sessions = tuple(
+            (str(conv.get(f"session_{n}_date_time", "")), tuple(conv[f"session_{n}"]))
+            for n in numbers
+            if conv[f"session_{n}"]
+        )
         known = {t["dia_id"] for _, turns in sessions for t in turns}
         questions = []
         for i, qa in enumerate(sample["qa"]):
             raw_ev = tuple(str(e) for e in qa.get("evidence") or [])
             norm = metrics.normalize_evidence(raw_ev)
             dropped = [e for e in raw_ev if not metrics.normalize_evidence_id(e)] + [e for e in norm if e not in known]
-            questions.append(Question(sid, i, int(qa["category"]), str(qa["question"]),
-                                      tuple(e for e in norm if e in known), raw_ev, tuple(dropped)))  # fmt: skip
+            questions.append(
+                Question(
+                    sid,
+                    i,
+                    int(qa["category"]),
+                    str(qa["question"]),
+                    tuple(e for e in norm if e in known),
+                    raw_ev,
+                    tuple(dropped),
+                )
+            )
         out.append(Conversation(sid, sessions, tuple(questions)))
     return out
 
@@ -173,8 +192,14 @@ class Api:
 
     def search(self, user_id: str, query: str, top_k: int, mode: str) -> tuple[float, dict[str, Any]]:
         """One search; a 5xx is retried up to ``SEARCH_RETRIES`` times (and counted), then raised."""
-        body = {"user_id": user_id, "query": query, "top_k": top_k, "include_preference": False, "pref_top_k": 0,
-                **MODES[mode]}  # fmt: skip
+        body = {
+            "user_id": user_id,
+            "query": query,
+            "top_k": top_k,
+            "include_preference": False,
+            "pref_top_k": 0,
+            **MODES[mode],
+        }
         for attempt in range(SEARCH_RETRIES + 1):
             try:
                 return self.post("/search/memory", body)
@@ -222,12 +247,15 @@ def _delete_topology(settings: Settings) -> None:
 def own_stack(settings: Settings, name: str) -> Iterator[Harness]:
     """Database (its own one when embedded), workers, relay and API on an own queue prefix, port and BM25
     directory, plus a fresh tenant's key; everything the run created is removed on exit."""
-    from memos_pipeline.cli.stack import CORE_QUEUES, Stack
+    from cli.stack import CORE_QUEUES, Stack
 
     run = secrets.token_hex(3)
     tmp = Path(tempfile.mkdtemp(prefix=f"memos-{name}-{run}-"))
-    overrides: dict[str, Any] = {"queue_prefix": f"{name}{run}.", "api_port": _free_port(settings.api_host),
-                                 "bm25_path": tmp / "bm25"}  # fmt: skip
+    overrides: dict[str, Any] = {
+        "queue_prefix": f"{name}{run}.",
+        "api_port": _free_port(settings.api_host),
+        "bm25_path": tmp / "bm25",
+    }
     if "rate_limit_per_min" in Settings.model_fields:
         overrides["rate_limit_per_min"] = 0  # the harness measures retrieval, not the per-key rate limiter
     base = settings.with_overrides(**overrides)
@@ -336,8 +364,7 @@ def ingest_all(api: Api, conversations: Sequence[Conversation], progress: bool) 
             list(pool.map(send, conversations))
     with tqdm(total=len(ingest_ids), desc="ingest", unit="add", **bars) as bar:
         wait_ingests(api, ingest_ids, 300 + 2.0 * sum(c.turns for c in conversations), bar)
-    return {"adds": n_adds, "turns": sum(c.turns for c in conversations),
-            "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+    return {"adds": n_adds, "turns": sum(c.turns for c in conversations), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def score_question(
@@ -348,7 +375,10 @@ def score_question(
     ev = q.evidence
     depth = metrics.budget_depth(tokens, budget)
     return {
-        "conversation": q.conversation, "index": q.index, "category": q.category, "question": q.question,
+        "conversation": q.conversation,
+        "index": q.index,
+        "category": q.category,
+        "question": q.question,
         "evidence": list(ev),
         "recall": {str(k): metrics.recall_at_k(ev, ranked, k) for k in ks},
         "hit": {str(k): metrics.hit_at_k(ev, ranked, k) for k in ks},
@@ -360,9 +390,11 @@ def score_question(
         "budget_tokens": metrics.context_tokens(tokens, depth),
         "budget_filled": depth < len(memories),
         "first_rank": metrics.first_rank(ev, ranked),
-        "results": [{"sources": s, "tokens": t, "relativity": m.get("relativity")}
-                    for s, t, m in zip(ranked, tokens, memories, strict=True)],
-    }  # fmt: skip
+        "results": [
+            {"sources": s, "tokens": t, "relativity": m.get("relativity")}
+            for s, t, m in zip(ranked, tokens, memories, strict=True)
+        ],
+    }
 
 
 def aggregate(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
@@ -386,9 +418,15 @@ def aggregate(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str,
 
 
 def search_mode(
-    api: Api, questions: Sequence[Question], mode: str, top_k: int, count: TokenCounter, ks: Sequence[int],
-    budget: int, progress: bool,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    api: Api,
+    questions: Sequence[Question],
+    mode: str,
+    top_k: int,
+    count: TokenCounter,
+    ks: Sequence[int],
+    budget: int,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every question once, one at a time (after a few unrecorded warm-ups): (per-question records, latency)."""
     for q in questions[:WARMUP_SEARCHES]:
         api.search(q.conversation, q.question, top_k, mode)
@@ -403,8 +441,10 @@ def search_mode(
         rec = score_question(q, data["memory_detail_list"], count, ks, budget)
         rec.update(mode=mode, latency_ms=round(ms, 2))
         records.append(rec)
-    return records, {**metrics.latency_summary(ms_all),
-                     "steps_p50_ms": {k: metrics.latency_summary(v)["p50"] for k, v in steps.items()}}  # fmt: skip
+    return records, {
+        **metrics.latency_summary(ms_all),
+        "steps_p50_ms": {k: metrics.latency_summary(v)["p50"] for k, v in steps.items()},
+    }
 
 
 def _target(value: float | None, op: str, bound: float) -> dict[str, Any]:
@@ -413,9 +453,16 @@ def _target(value: float | None, op: str, bound: float) -> dict[str, Any]:
 
 
 def run_locomo(
-    settings: Settings, data: Path, *, ks: Sequence[int] = DEFAULT_KS, modes: Sequence[str] = DEFAULT_MODES,
-    conversations: int | None = None, budget: int = BUDGET_TOKENS, top_k: int | None = None, progress: bool = True,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    settings: Settings,
+    data: Path,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    modes: Sequence[str] = DEFAULT_MODES,
+    conversations: int | None = None,
+    budget: int = BUDGET_TOKENS,
+    top_k: int | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ingest, search every question in every mode, score: (the result, the per-question records)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
@@ -436,8 +483,10 @@ def run_locomo(
             retries_before = h.api.retries
             recs, lat = search_mode(h.api, questions, mode, top_k, count, ks_all, budget, progress)
             records += recs
-            cats = {str(c): {"name": CATEGORIES[c], **aggregate([r for r in recs if r["category"] == c], ks_all)}
-                    for c in CATEGORIES}  # fmt: skip
+            cats = {
+                str(c): {"name": CATEGORIES[c], **aggregate([r for r in recs if r["category"] == c], ks_all)}
+                for c in CATEGORIES
+            }
             by_mode[mode] = {
                 "overall": aggregate([r for r in recs if r["category"] in SCORED], ks_all),
                 "categories": cats,
@@ -450,19 +499,34 @@ def run_locomo(
     tok10 = fast.get("avg_tokens@k", {}).get(str(TOKENS_K))
     result = {
         "config": {
-            "data": str(data), "conversations": [c.sample_id for c in convs], "sessions": ingest["adds"],
-            "turns": ingest["turns"], "ks": list(ks), "modes": list(modes), "top_k": top_k, "budget_tokens": budget,
-            "chunk_turns": cfg.chunk_turns, "chunk_overlap": cfg.chunk_overlap, "fusion": cfg.fusion,
-            "bm25_call": cfg.bm25_call, "embedder": cfg.embedder, "tokenizer": count.name,
+            "data": str(data),
+            "conversations": [c.sample_id for c in convs],
+            "sessions": ingest["adds"],
+            "turns": ingest["turns"],
+            "ks": list(ks),
+            "modes": list(modes),
+            "top_k": top_k,
+            "budget_tokens": budget,
+            "chunk_turns": cfg.chunk_turns,
+            "chunk_overlap": cfg.chunk_overlap,
+            "fusion": cfg.fusion,
+            "bm25_call": cfg.bm25_call,
+            "embedder": cfg.embedder,
+            "tokenizer": count.name,
             "questions": {CATEGORIES[c]: sum(1 for q in questions if q.category == c) for c in CATEGORIES},
         },
         "evidence": {
             "questions_total": len(all_q),
             "questions_scored": len(questions),
             "questions_without_evidence": sum(1 for q in all_q if not q.evidence),
-            "normalised_ids": sorted({f"{q.conversation}: {e!r} -> {', '.join(metrics.normalize_evidence_id(e))}"
-                                      for q in all_q for e in q.raw_evidence
-                                      if metrics.normalize_evidence_id(e) not in ([], [e])}),
+            "normalised_ids": sorted(
+                {
+                    f"{q.conversation}: {e!r} -> {', '.join(metrics.normalize_evidence_id(e))}"
+                    for q in all_q
+                    for e in q.raw_evidence
+                    if metrics.normalize_evidence_id(e) not in ([], [e])
+                }
+            ),
             "dropped_ids": sorted({f"{q.conversation}: {d!r}" for q in all_q for d in q.dropped}),
         },
         "ingest": ingest,
@@ -471,7 +535,9 @@ def run_locomo(
             "fast_recall_within_budget": _target(fast.get("recall_budget"), ">=", 0.90),
             "fast_recall@10": _target(fast.get("recall@k", {}).get(str(TOKENS_K)), ">=", 0.85),
             "fast_avg_tokens@10": _target(tok10, "<=", float(budget)),
-        } if fast else {},
+        }
+        if fast
+        else {},
         "notes": [
             "recall@k: share of a question's evidence ids (normalised; ids the conversation lacks are dropped) "
             "among the sources of the top k memories; hit@k: any found; session_recall@k: evidence sessions among "
@@ -486,5 +552,5 @@ def run_locomo(
             "shows up here. search_retries: searches repeated after an HTTP 5xx (the successful attempt is timed).",
             "tokens: the local embedding model's tokenizer, no special tokens.",
         ],
-    }  # fmt: skip
+    }
     return result, records

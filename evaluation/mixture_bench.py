@@ -53,9 +53,9 @@ from tqdm import tqdm
 
 from evaluation.bench import USER_ID, Api, _delete_topology, _free_port, plan_adds, wait_done
 from evaluation.texts import ConversationGenerator
-from memos_pipeline import pgserver, store
 from memos_pipeline.config import Settings
-from memos_pipeline.db import get_engine, session_scope
+from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage.db import get_engine, session_scope
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_RERANKER = ROOT / "tests" / "fake_reranker.py"
@@ -80,8 +80,12 @@ def _stats(samples: Sequence[float]) -> dict[str, float | int | None]:
     if not samples:
         return {"p50": None, "p99": None, "max": None, "n": 0}
     arr = np.asarray(samples, dtype=np.float64)
-    return {"p50": round(float(np.percentile(arr, 50)), 1), "p99": round(float(np.percentile(arr, 99)), 1),
-            "max": round(float(arr.max()), 1), "n": len(samples)}  # fmt: skip
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 1),
+        "p99": round(float(np.percentile(arr, 99)), 1),
+        "max": round(float(arr.max()), 1),
+        "n": len(samples),
+    }
 
 
 def _load_fake_reranker() -> Any:
@@ -103,10 +107,11 @@ class ApiProcess:
     """A gunicorn API exactly as ``up`` starts it (``api_command``), plus an access log with request ids."""
 
     def __init__(self, cfg: Settings, variant: Variant, log_dir: Path) -> None:
-        from memos_pipeline.cli.stack import api_command, settings_env
+        from cli.stack import api_command, settings_env
 
-        self.cfg = cfg.with_overrides(api_port=_free_port(cfg.api_host), api_workers=variant.api_workers,
-                                      api_threads=variant.api_threads)  # fmt: skip
+        self.cfg = cfg.with_overrides(
+            api_port=_free_port(cfg.api_host), api_workers=variant.api_workers, api_threads=variant.api_threads
+        )
         self.access_log = log_dir / f"access-{variant.name}.log"
         cmd = api_command(self.cfg)
         cmd[cmd.index("api:create_app()")] = variant.app
@@ -114,8 +119,9 @@ class ApiProcess:
         env = settings_env(self.cfg)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (variant.pythonpath, str(ROOT), env.get("PYTHONPATH")) if p)
         self.base = f"http://{self.cfg.api_host}:{self.cfg.api_port}"
-        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -153,32 +159,45 @@ class ApiProcess:
 # ---------------------------------------------------------------- the load
 
 
-def _client(base: str, key: str, conversation_id: str, queries: list[str], offset: int, n: int,
-            warmup: int, bar: Any) -> list[dict[str, Any]]:  # fmt: skip
+def _client(
+    base: str, key: str, conversation_id: str, queries: list[str], offset: int, n: int, warmup: int, bar: Any
+) -> list[dict[str, Any]]:
     """One client thread: ``warmup`` unrecorded searches, then ``n`` recorded ones, back to back."""
     out: list[dict[str, Any]] = []
     with requests.Session() as session:
         session.headers["Authorization"] = f"Token {key}"
         for i in range(-warmup, n):
             rid = uuid.uuid4().hex
-            body = {"user_id": USER_ID, "query": queries[(offset + i) % len(queries)], "top_k": TOP_K,
-                    "mode": "mixture", "conversation_id": conversation_id}  # fmt: skip
+            body = {
+                "user_id": USER_ID,
+                "query": queries[(offset + i) % len(queries)],
+                "top_k": TOP_K,
+                "mode": "mixture",
+                "conversation_id": conversation_id,
+            }
             t0 = time.perf_counter()
             try:
-                r = session.post(base + "/search/memory", json=body, headers={"X-Request-ID": rid},
-                                 timeout=HTTP_TIMEOUT_S)  # fmt: skip
+                r = session.post(
+                    base + "/search/memory", json=body, headers={"X-Request-ID": rid}, timeout=HTTP_TIMEOUT_S
+                )
                 ms = (time.perf_counter() - t0) * 1000
                 status, data = r.status_code, (r.json().get("data") or {}) if r.status_code == 200 else {}
             except requests.RequestException as exc:
                 ms, status, data = (time.perf_counter() - t0) * 1000, 0, {"error": str(exc)[:200]}
             if i >= 0:
                 search = data.get("search") or {}
-                out.append({"rid": rid, "client_ms": ms, "status": status,
-                            "fine_arrived": bool(search.get("fine_arrived")),
-                            "merged_cached_fine": bool(search.get("merged_cached_fine")),
-                            "partial": bool(search.get("partial")),
-                            "results": len(data.get("memory_detail_list") or []),
-                            "worker_ms": sum((data.get("timings_ms") or {}).values()) or None})  # fmt: skip
+                out.append(
+                    {
+                        "rid": rid,
+                        "client_ms": ms,
+                        "status": status,
+                        "fine_arrived": bool(search.get("fine_arrived")),
+                        "merged_cached_fine": bool(search.get("merged_cached_fine")),
+                        "partial": bool(search.get("partial")),
+                        "results": len(data.get("memory_detail_list") or []),
+                        "worker_ms": sum((data.get("timings_ms") or {}).values()) or None,
+                    }
+                )
                 bar.update()
     return out
 
@@ -214,8 +233,10 @@ class QueueDepth:
             app.close()
 
     def summary(self) -> dict[str, dict[str, float | int]]:
-        return {q: {"mean": round(float(np.mean(v)), 1) if v else 0, "max": max(v, default=0)}
-                for q, v in self.samples.items()}  # fmt: skip
+        return {
+            q: {"mean": round(float(np.mean(v)), 1) if v else 0, "max": max(v, default=0)}
+            for q, v in self.samples.items()
+        }
 
 
 def _drain(cfg: Settings, queues: Sequence[str], settle_s: float, timeout: float = 120.0) -> None:
@@ -237,8 +258,18 @@ def _drain(cfg: Settings, queues: Sequence[str], settle_s: float, timeout: float
     time.sleep(settle_s)
 
 
-def _run_variant(cfg: Settings, variant: Variant, key: str, queries: list[str], fake: Any, tmp: Path,
-                 concurrency: int, searches: int, deadline_ms: int, progress: bool) -> dict[str, Any]:  # fmt: skip
+def _run_variant(
+    cfg: Settings,
+    variant: Variant,
+    key: str,
+    queries: list[str],
+    fake: Any,
+    tmp: Path,
+    concurrency: int,
+    searches: int,
+    deadline_ms: int,
+    progress: bool,
+) -> dict[str, Any]:
     fake.configure(delay_s=variant.delay_s, status=None, reset=True)
     api = ApiProcess(cfg, variant, tmp)
     records: list[dict[str, Any]] = []
@@ -248,11 +279,25 @@ def _run_variant(cfg: Settings, variant: Variant, key: str, queries: list[str], 
         t0 = time.perf_counter()
         with (
             QueueDepth(cfg, ("search", "reranker")) as depth,
-            tqdm(total=searches, desc=f"mixture ({variant.name})", unit="q", file=sys.stderr, disable=not progress) as bar,
+            tqdm(
+                total=searches, desc=f"mixture ({variant.name})", unit="q", file=sys.stderr, disable=not progress
+            ) as bar,
             cf.ThreadPoolExecutor(concurrency, thread_name_prefix="mixture-client") as pool,
-        ):  # fmt: skip
-            futures = [pool.submit(_client, api.base, key, f"{variant.name}-client-{c:02d}", queries, c * 7,
-                                   per_client[c], WARMUP_PER_CLIENT, bar) for c in range(concurrency)]  # fmt: skip
+        ):
+            futures = [
+                pool.submit(
+                    _client,
+                    api.base,
+                    key,
+                    f"{variant.name}-client-{c:02d}",
+                    queries,
+                    c * 7,
+                    per_client[c],
+                    WARMUP_PER_CLIENT,
+                    bar,
+                )
+                for c in range(concurrency)
+            ]
             for f in futures:
                 records.extend(f.result())
         wall_s = time.perf_counter() - t0
@@ -304,8 +349,11 @@ def _reference(cfg: Settings, key: str, queries: list[str], tmp: Path, n: int = 
             session.headers["Authorization"] = f"Token {key}"
             for i in range(-5, n):
                 t0 = time.perf_counter()
-                r = session.post(api.base + "/search/memory", timeout=HTTP_TIMEOUT_S, json={
-                    "user_id": USER_ID, "query": queries[i % len(queries)], "top_k": TOP_K, "mode": "fast"})  # fmt: skip
+                r = session.post(
+                    api.base + "/search/memory",
+                    timeout=HTTP_TIMEOUT_S,
+                    json={"user_id": USER_ID, "query": queries[i % len(queries)], "top_k": TOP_K, "mode": "fast"},
+                )
                 ms = (time.perf_counter() - t0) * 1000
                 r.raise_for_status()
                 if i >= 0:
@@ -328,12 +376,20 @@ def default_variants(settings: Settings, concurrency: int, slow_s: float) -> lis
 
 
 def run_mixture_bench(
-    settings: Settings, concurrency: int = 20, searches: int = 400, deadline_ms: int = 300, slow_s: float = 1.0,
-    *, messages: int = 300, per_add: int = 10, progress: bool = False, seed: int = 7,
+    settings: Settings,
+    concurrency: int = 20,
+    searches: int = 400,
+    deadline_ms: int = 300,
+    slow_s: float = 1.0,
+    *,
+    messages: int = 300,
+    per_add: int = 10,
+    progress: bool = False,
+    seed: int = 7,
     variants: Sequence[Variant] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Run every variant on a fresh stack and return the results (see the module docstring)."""
-    from memos_pipeline.cli.stack import CORE_QUEUES, Stack
+    from cli.stack import CORE_QUEUES, Stack
 
     if concurrency < 1 or searches < concurrency:
         raise ValueError("need concurrency >= 1 and searches >= concurrency")
@@ -341,10 +397,13 @@ def run_mixture_bench(
     tmp = Path(tempfile.mkdtemp(prefix=f"memos-mixture-{run}-"))
     fake = _load_fake_reranker().FakeReranker(delay_s=0.0).start()
     base = settings.with_overrides(
-        queue_prefix=f"mixbench{run}.", bm25_path=tmp / "bm25", mixture_deadline_ms=deadline_ms,
-        mos_reranker_backend="http_bge_strategy", mos_reranker_url=fake.url("/rerank"),
+        queue_prefix=f"mixbench{run}.",
+        bm25_path=tmp / "bm25",
+        mixture_deadline_ms=deadline_ms,
+        mos_reranker_backend="http_bge_strategy",
+        mos_reranker_url=fake.url("/rerank"),
         mos_reranker_strategy="single_turn",
-    )  # fmt: skip
+    )
     own_db, started_pg, cfg = f"memos_mixture_{run}", False, base
     todo = list(variants) if variants is not None else default_variants(base, concurrency, slow_s)
     gen = ConversationGenerator(seed)
@@ -377,8 +436,9 @@ def run_mixture_bench(
         reference = _reference(cfg, key, queries, tmp)
         for v in todo:
             _drain(cfg, ("search", "reranker"), settle_s=max(slow_s, v.delay_s) + 0.5)
-            results[v.name] = _run_variant(cfg, v, key, queries, fake, tmp, concurrency, searches, deadline_ms,
-                                           progress)  # fmt: skip
+            results[v.name] = _run_variant(
+                cfg, v, key, queries, fake, tmp, concurrency, searches, deadline_ms, progress
+            )
     finally:
         fake.stop()
         if stack is not None:
@@ -412,7 +472,7 @@ def run_mixture_bench(
                 "value": p99,
                 "reached": p99 is not None and float(p99) <= bound,
             }
-        },  # fmt: skip
+        },
         "reference_fast_sequential": reference,
         "variants": results,
         "loadavg_start_end": [load_start, list(os.getloadavg())],
@@ -455,8 +515,16 @@ def main(argv: list[str] | None = None) -> None:
         variants = [v for v in default_variants(settings, args.concurrency, args.slow_s) if v.name in wanted]
         if not variants:
             ap.error(f"no such variant: {args.variants}")
-    result = run_mixture_bench(settings, args.concurrency, args.searches, args.deadline_ms, args.slow_s,
-                               messages=args.messages, progress=args.progress, variants=variants)  # fmt: skip
+    result = run_mixture_bench(
+        settings,
+        args.concurrency,
+        args.searches,
+        args.deadline_ms,
+        args.slow_s,
+        messages=args.messages,
+        progress=args.progress,
+        variants=variants,
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -53,16 +53,21 @@ def load_topics(data: Path) -> list[TopicItem]:
     files = sorted((Path(data) / "explicit_preference").glob("*.json"))
     if not files:
         raise FileNotFoundError(f"no explicit_preference/*.json under {data}")
-    return [TopicItem(f.stem, i, clean_text(str(d["preference"])), clean_text(str(d["question"])))
-            for f in files for i, d in enumerate(json.loads(f.read_text(encoding="utf-8")))]  # fmt: skip
+    return [
+        TopicItem(f.stem, i, clean_text(str(d["preference"])), clean_text(str(d["question"])))
+        for f in files
+        for i, d in enumerate(json.loads(f.read_text(encoding="utf-8")))
+    ]
 
 
 def load_fillers(data: Path) -> list[dict[str, Any]]:
     """The inter-turn chats as one message list (file order), control characters replaced, client ids ``f<n>``."""
     convs = json.loads((Path(data) / "filtered_inter_turns.json").read_text(encoding="utf-8"))
     msgs = [m for c in convs for m in c["conversation"]]
-    return [{"role": m["role"], "content": clean_text(str(m["content"])).strip() or "(empty)", "id": f"f{i:04d}"}
-            for i, m in enumerate(msgs)]  # fmt: skip
+    return [
+        {"role": m["role"], "content": clean_text(str(m["content"])).strip() or "(empty)", "id": f"f{i:04d}"}
+        for i, m in enumerate(msgs)
+    ]
 
 
 def sample_topics(items: Sequence[TopicItem], n: int, seed: int) -> list[TopicItem]:
@@ -91,9 +96,16 @@ def filler_messages(fillers: Sequence[dict[str, Any]], turns: int) -> list[dict[
 
 
 def run_prefeval(
-    settings: Settings, data: Path, *, ks: Sequence[int] = DEFAULT_KS, fillers: Sequence[int] = DEFAULT_FILLERS,
-    topics: int = DEFAULT_TOPICS, modes: Sequence[str] = DEFAULT_MODES, seed: int = 0, progress: bool = True,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    settings: Settings,
+    data: Path,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    fillers: Sequence[int] = DEFAULT_FILLERS,
+    topics: int = DEFAULT_TOPICS,
+    modes: Sequence[str] = DEFAULT_MODES,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ingest, search, score: (the result, per-question records with the ranked results)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
@@ -147,18 +159,37 @@ def run_prefeval(
                 rank = metrics.first_rank([PREF_ID], ranked)[PREF_ID]
                 ranks[n].append(rank)
                 lat[n].append(ms)
-                records.append({"mode": mode, "topic": it.topic, "index": it.index, "fillers": n,
-                                "preference": it.preference, "question": it.question, "rank": rank,
-                                "results": [{"sources": m.get("sources"), "relativity": m.get("relativity"),
-                                             "text": (m.get("memory_value") or "")[:160]}
-                                            for m in out["memory_detail_list"]]})  # fmt: skip
-            by_mode[mode] = {str(n): {
-                "n": len(ranks[n]),
-                "recall@k": {str(k): round(sum(1 for r in ranks[n] if r is not None and r <= k) / len(ranks[n]), 4)
-                             for k in ks},
-                "mean_rank": metrics.mean(float(r) for r in ranks[n] if r is not None),
-                "latency_ms": metrics.latency_summary(lat[n]),
-            } for n in fillers}  # fmt: skip
+                records.append(
+                    {
+                        "mode": mode,
+                        "topic": it.topic,
+                        "index": it.index,
+                        "fillers": n,
+                        "preference": it.preference,
+                        "question": it.question,
+                        "rank": rank,
+                        "results": [
+                            {
+                                "sources": m.get("sources"),
+                                "relativity": m.get("relativity"),
+                                "text": (m.get("memory_value") or "")[:160],
+                            }
+                            for m in out["memory_detail_list"]
+                        ],
+                    }
+                )
+            by_mode[mode] = {
+                str(n): {
+                    "n": len(ranks[n]),
+                    "recall@k": {
+                        str(k): round(sum(1 for r in ranks[n] if r is not None and r <= k) / len(ranks[n]), 4)
+                        for k in ks
+                    },
+                    "mean_rank": metrics.mean(float(r) for r in ranks[n] if r is not None),
+                    "latency_ms": metrics.latency_summary(lat[n]),
+                }
+                for n in fillers
+            }
     result = {
         "config": {
             "data": str(data),
@@ -178,7 +209,7 @@ def run_prefeval(
             "adds": len(ingest_ids),
             "messages": sum(2 * n + 1 for _, n in cases),
             "seconds": round(ingest_s, 2),
-        },  # fmt: skip
+        },
         "modes": by_mode,
         "notes": [
             f"{len(items)} of {len(all_items)} explicit-preference items, round robin over "

@@ -25,14 +25,15 @@ from sqlalchemy import text
 
 from evaluation.reindex_bench import insert_memories, kill_half_way, memory_text, own_stack
 from evaluation.texts import ConversationGenerator
-from memos_pipeline import reembed, store
 from memos_pipeline.config import Settings, get_settings
-from memos_pipeline.db import session_scope
 from memos_pipeline.embedders import model_for
+from memos_pipeline.jobs import reembed
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 
 
 def reembed_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "memos_pipeline.cli.reembed", "--json", *args]
+    return [sys.executable, "-m", "cli.reembed", "--json", *args]
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -54,8 +55,14 @@ class DenseSearches(threading.Thread):
 
         app, i = make_celery(self.cfg), 0
         while not self.halt.wait(self.every_s):
-            job = {"v": 1, "tenant_id": self.tenant_id, "user_id": f"user{i % 100}", "channels": ["dense"],
-                   "query": self.queries[i % len(self.queries)], "include_preference": False}  # fmt: skip
+            job = {
+                "v": 1,
+                "tenant_id": self.tenant_id,
+                "user_id": f"user{i % 100}",
+                "channels": ["dense"],
+                "query": self.queries[i % len(self.queries)],
+                "include_preference": False,
+            }
             t0 = time.perf_counter()
             result = app.send_task("memos.search.fast", args=[job], ignore_result=False)
             try:
@@ -86,8 +93,12 @@ class LiveAdds(threading.Thread):
         while not self.halt.wait(self.every_s):
             key = uuid.uuid4().hex
             msgs = [{"role": t["role"], "content": t["content"]} for t in gen.conversation(f"live{i}", 2)]
-            payload = {"v": 1, "tenant": self.tenant, "idempotency_key": key,
-                       "request": {"user_id": "live", "conversation_id": f"live{i}", "messages": msgs}}  # fmt: skip
+            payload = {
+                "v": 1,
+                "tenant": self.tenant,
+                "idempotency_key": key,
+                "request": {"user_id": "live", "conversation_id": f"live{i}", "messages": msgs},
+            }
             t0 = time.perf_counter()
             app.send_task("memos.chunker.accept", args=[payload])
             while time.perf_counter() - t0 < 300 and not self._chunked(key):
@@ -98,14 +109,21 @@ class LiveAdds(threading.Thread):
 
     def _chunked(self, key: str) -> bool:
         with session_scope(self.cfg) as s:
-            status = s.execute(text("SELECT stages->'chunker'->>'status' FROM ingests WHERE idempotency_key = :k"),
-                               {"k": key}).scalar_one_or_none()  # fmt: skip
+            status = s.execute(
+                text("SELECT stages->'chunker'->>'status' FROM ingests WHERE idempotency_key = :k"), {"k": key}
+            ).scalar_one_or_none()
         return status == "done"
 
 
-def run_bench(settings: Settings, n: int = 5000, batch_size: int = 100, kill_at: float | None = 0.5,
-              window: int | None = None, model: str = "local") -> dict[str, Any]:  # fmt: skip
-    from memos_pipeline.cli.stack import settings_env
+def run_bench(
+    settings: Settings,
+    n: int = 5000,
+    batch_size: int = 100,
+    kill_at: float | None = 0.5,
+    window: int | None = None,
+    model: str = "local",
+) -> dict[str, Any]:
+    from cli.stack import settings_env
 
     with own_stack(settings, "re", ("chunker", "search"), private_pg=True) as cfg:
         with session_scope(cfg) as s:
@@ -141,19 +159,34 @@ def run_bench(settings: Settings, n: int = 5000, batch_size: int = 100, kill_at:
         out = json.loads(proc.stdout)
         seconds = first_s + second_s
         return {
-            "model": out["model"], "dims": out["dims"], "rows": out["rows"], "embedded": out["embedded"],
-            "inserted": n, "seconds": round(seconds, 2), "rows_per_s": round(out["embedded"] / seconds, 1),
-            "batches": out["batches"], "batch_size": batch_size, "resumed_from": out["resumed_from"],
-            "killed_run_s": round(first_s, 2), "resume_run_s": round(second_s, 2),
-            "resume_rows_per_s": out["rows_per_s"], "index_s": out["index_s"], "swap_ms": out["swap_ms"],
-            "caught_up": out["caught_up"], "caught_up_in_lock": out["caught_up_in_lock"],
+            "model": out["model"],
+            "dims": out["dims"],
+            "rows": out["rows"],
+            "embedded": out["embedded"],
+            "inserted": n,
+            "seconds": round(seconds, 2),
+            "rows_per_s": round(out["embedded"] / seconds, 1),
+            "batches": out["batches"],
+            "batch_size": batch_size,
+            "resumed_from": out["resumed_from"],
+            "killed_run_s": round(first_s, 2),
+            "resume_run_s": round(second_s, 2),
+            "resume_rows_per_s": out["rows_per_s"],
+            "index_s": out["index_s"],
+            "swap_ms": out["swap_ms"],
+            "caught_up": out["caught_up"],
+            "caught_up_in_lock": out["caught_up_in_lock"],
             "embed_only_rows_per_s": round(embed_only, 1),
-            "searches_during": len(searches.ms) + len(searches.failures), "search_failures": len(searches.failures),
-            "search_p50_ms": _pct(searches.ms, 0.5), "search_p99_ms": _pct(searches.ms, 0.99),
-            "live_adds_during": len(live.ms), "live_add_p50_ms": _pct(live.ms, 0.5),
+            "searches_during": len(searches.ms) + len(searches.failures),
+            "search_failures": len(searches.failures),
+            "search_p50_ms": _pct(searches.ms, 0.5),
+            "search_p99_ms": _pct(searches.ms, 0.99),
+            "live_adds_during": len(live.ms),
+            "live_add_p50_ms": _pct(live.ms, 0.5),
             "live_add_max_ms": round(max(live.ms), 1) if live.ms else None,
-            "cpu_count": os.cpu_count(), "loadavg_1m": os.getloadavg()[0],
-        }  # fmt: skip
+            "cpu_count": os.cpu_count(),
+            "loadavg_1m": os.getloadavg()[0],
+        }
 
 
 def main() -> None:

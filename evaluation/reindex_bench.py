@@ -33,17 +33,38 @@ import numpy as np
 import psycopg
 
 from evaluation.texts import ConversationGenerator
-from memos_pipeline import migrate, pgserver, reembed, reindex
-from memos_pipeline.bm25 import Bm25Query, get_index
 from memos_pipeline.config import Settings, get_settings
-from memos_pipeline.db import get_engine
-from memos_pipeline.models import EMBEDDING_DIM
-from memos_pipeline.tokenizer import tokenize
+from memos_pipeline.jobs import reembed, reindex
+from memos_pipeline.storage import migrate, pgserver
+from memos_pipeline.storage.bm25 import Bm25Query, get_index
+from memos_pipeline.storage.db import get_engine
+from memos_pipeline.storage.models import EMBEDDING_DIM
+from memos_pipeline.text.tokenizer import tokenize
 
-CHINESE = ("我下个月要去北京出差，住在朝阳区。", "周末我们在上海的外滩散步。", "她在广州旅游时吃了很多早茶。",
-           "我的猫叫小米，今年三岁。", "明天下午三点在杭州开会。", "他正在学习日语和韩语。")  # fmt: skip
-COLUMNS = ("id", "tenant_id", "user_id", "conversation_id", "kind", "memory_key", "memory_value", "memory_type",
-           "status", "embedding", "content_hash", "version", "created_at", "updated_at")  # fmt: skip
+CHINESE = (
+    "我下个月要去北京出差，住在朝阳区。",
+    "周末我们在上海的外滩散步。",
+    "她在广州旅游时吃了很多早茶。",
+    "我的猫叫小米，今年三岁。",
+    "明天下午三点在杭州开会。",
+    "他正在学习日语和韩语。",
+)
+COLUMNS = (
+    "id",
+    "tenant_id",
+    "user_id",
+    "conversation_id",
+    "kind",
+    "memory_key",
+    "memory_value",
+    "memory_type",
+    "status",
+    "embedding",
+    "content_hash",
+    "version",
+    "created_at",
+    "updated_at",
+)
 
 
 def _vectors() -> list[str]:
@@ -59,8 +80,16 @@ def memory_text(gen: ConversationGenerator, i: int) -> str:
     return f"{text}\n{CHINESE[i % len(CHINESE)]}" if i % 10 == 0 else text
 
 
-def insert_memories(cfg: Settings, tenant_id: uuid.UUID, n: int, *, users: int = 100, seed: int = 7,
-                    status_every: int = 0, threads: int = 2) -> list[uuid.UUID]:  # fmt: skip
+def insert_memories(
+    cfg: Settings,
+    tenant_id: uuid.UUID,
+    n: int,
+    *,
+    users: int = 100,
+    seed: int = 7,
+    status_every: int = 0,
+    threads: int = 2,
+) -> list[uuid.UUID]:
     """COPY ``n`` memories (raw and fact) into Postgres, in ``threads`` parallel connections (inserts into a table
     with an HNSW index are CPU-bound per connection). Every ``status_every``-th is archived (not to be indexed).
     Timestamps spread over the past year, as in a corpus that grew over time (a re-index's catch-up pass only
@@ -78,9 +107,24 @@ def insert_memories(cfg: Settings, tenant_id: uuid.UUID, n: int, *, users: int =
                     kind = "fact" if i % 4 == 3 else "raw"
                     status = "archived" if status_every and i % status_every == status_every - 1 else "activated"
                     at = now - dt.timedelta(days=365 * (n - i) / n, hours=1)
-                    cp.write_row((ids[i], tenant_id, f"user{i % users}", f"c{i // 50}", kind, text[:60], text,
-                                  "UserMemory" if kind == "fact" else "RawMemory", status, vectors[i % 997],
-                                  f"h{i}", 1, at, at))  # fmt: skip
+                    cp.write_row(
+                        (
+                            ids[i],
+                            tenant_id,
+                            f"user{i % users}",
+                            f"c{i // 50}",
+                            kind,
+                            text[:60],
+                            text,
+                            "UserMemory" if kind == "fact" else "RawMemory",
+                            status,
+                            vectors[i % 997],
+                            f"h{i}",
+                            1,
+                            at,
+                            at,
+                        )
+                    )
             conn.commit()
 
     step = -(-n // threads)
@@ -93,7 +137,7 @@ def insert_memories(cfg: Settings, tenant_id: uuid.UUID, n: int, *, users: int =
 
 
 def reindex_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "memos_pipeline.cli.reindex", "--json", *args]
+    return [sys.executable, "-m", "cli.reindex", "--json", *args]
 
 
 def kill_half_way(cp: Any, command: list[str], env: dict[str, str], fraction: float, timeout: float) -> float:
@@ -160,11 +204,13 @@ class LiveUpserts(threading.Thread):
                     "INSERT INTO memories (id, tenant_id, user_id, conversation_id, kind, memory_key, memory_value,"
                     " memory_type, status, embedding, content_hash, version) VALUES"
                     " (%s, %s, 'live', 'live', 'fact', 'live', 'a live add during the re-index', 'UserMemory',"
-                    " 'activated', %s, 'live', 1)", (mid, self.tenant_id, vec),
-                )  # fmt: skip
+                    " 'activated', %s, 'live', 1)",
+                    (mid, self.tenant_id, vec),
+                )
             t0 = time.perf_counter()
-            result = app.send_task("memos.indexer.upsert", args=[{"v": 1, "memory_ids": [str(mid)]}],
-                                   ignore_result=False)  # fmt: skip
+            result = app.send_task(
+                "memos.indexer.upsert", args=[{"v": 1, "memory_ids": [str(mid)]}], ignore_result=False
+            )
             result.get(timeout=120)
             result.forget()
             self.ms.append((time.perf_counter() - t0) * 1000)
@@ -182,7 +228,7 @@ def own_stack(settings: Settings, name: str, queues: tuple[str, ...], private_pg
     """A stack of its own for a benchmark: database, queue prefix, BM25 directory, the workers of ``queues``;
     all of it removed afterwards (and the jobs' checkpoints in Redis). ``private_pg``: with the embedded database,
     a Postgres server of its own too (on a free port), so that nobody else stopping the shared one stops the run."""
-    from memos_pipeline.cli.stack import Stack
+    from cli.stack import Stack
 
     run = uuid.uuid4().hex[:6]
     tmp = Path(tempfile.mkdtemp(prefix=f"memos-{name}-bench-{run}-"))
@@ -216,9 +262,10 @@ def own_stack(settings: Settings, name: str, queues: tuple[str, ...], private_pg
         reembed.Checkpoint(base).forget_all()
 
 
-def run_bench(settings: Settings, n: int = 100_000, batch_size: int = 2000, kill_at: float | None = 0.5,
-              window: int | None = None) -> dict[str, Any]:  # fmt: skip
-    from memos_pipeline.cli.stack import settings_env
+def run_bench(
+    settings: Settings, n: int = 100_000, batch_size: int = 2000, kill_at: float | None = 0.5, window: int | None = None
+) -> dict[str, Any]:
+    from cli.stack import settings_env
 
     with own_stack(settings, "rx", ("indexer",)) as cfg:
         tenant_id = uuid.uuid4()
@@ -245,20 +292,30 @@ def run_bench(settings: Settings, n: int = 100_000, batch_size: int = 2000, kill
         seconds = first_s + second_s
         ms = sorted(searcher.ms) or [float("nan")]
         return {
-            "docs": summary["docs"], "pg_rows": summary["pg_rows"], "inserted": n, "seconds": round(seconds, 2),
-            "docs_per_s": round(summary["docs"] / seconds, 1), "batches": summary["batches"],
-            "batch_size": batch_size, "resumed_from": summary["resumed_from"], "killed_run_s": round(first_s, 2),
-            "resume_run_s": round(second_s, 2), "resume_docs_per_s": summary["docs_per_s"],
-            "resume_batches": summary["batches_this_run"], "caught_up": summary["caught_up"],
+            "docs": summary["docs"],
+            "pg_rows": summary["pg_rows"],
+            "inserted": n,
+            "seconds": round(seconds, 2),
+            "docs_per_s": round(summary["docs"] / seconds, 1),
+            "batches": summary["batches"],
+            "batch_size": batch_size,
+            "resumed_from": summary["resumed_from"],
+            "killed_run_s": round(first_s, 2),
+            "resume_run_s": round(second_s, 2),
+            "resume_docs_per_s": summary["docs_per_s"],
+            "resume_batches": summary["batches_this_run"],
+            "caught_up": summary["caught_up"],
             "insert_rows_per_s": round(n / insert_s, 1),
-            "searches_during": len(searcher.ms) + len(searcher.failures), "search_failures": len(searcher.failures),
-            "search_p50_ms": round(ms[len(ms) // 2], 3), "search_p99_ms": round(ms[int(len(ms) * 0.99)], 3),
+            "searches_during": len(searcher.ms) + len(searcher.failures),
+            "search_failures": len(searcher.failures),
+            "search_p50_ms": round(ms[len(ms) // 2], 3),
+            "search_p99_ms": round(ms[int(len(ms) * 0.99)], 3),
             "live_upserts_during": len(live.ms),  # live adds: in docs too (a full re-index takes every tenant)
             "live_upsert_p50_ms": round(sorted(live.ms)[len(live.ms) // 2], 1) if live.ms else None,
             "live_upsert_max_ms": round(max(live.ms), 1) if live.ms else None,
             "count_in_index": get_index(cfg).count(str(tenant_id)),
             "loadavg_1m": os.getloadavg()[0],
-        }  # fmt: skip
+        }
 
 
 def _delete_queues(cfg: Settings) -> None:

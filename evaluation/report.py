@@ -44,57 +44,119 @@ def _ks(result: dict[str, Any]) -> list[str]:
 def mode_table(result: dict[str, Any], mode: str) -> list[str]:
     """The per-category table of one mode (markdown lines)."""
     ks, budget = _ks(result), result["config"]["budget_tokens"]
-    head = ["category", "n", *[f"R@{k}" for k in ks], "hit@10", "sessR@10", "NDCG@10", f"R@{budget} tok",
-            "results in budget", "tokens@10"]  # fmt: skip
+    head = [
+        "category",
+        "n",
+        *[f"R@{k}" for k in ks],
+        "hit@10",
+        "sessR@10",
+        "NDCG@10",
+        f"R@{budget} tok",
+        "results in budget",
+        "tokens@10",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, g in _rows(result["modes"][mode]):
-        cells = [name, str(g["n"]), *[_f(g["recall@k"].get(k)) for k in ks], _f(g["hit@k"].get("10")),
-                 _f(g["session_recall@k"].get("10")), _f(g["ndcg@10"]), _f(g["recall_budget"]),
-                 _f(g["budget_results"], 1), _f(g["avg_tokens@k"].get("10"), 0)]  # fmt: skip
+        cells = [
+            name,
+            str(g["n"]),
+            *[_f(g["recall@k"].get(k)) for k in ks],
+            _f(g["hit@k"].get("10")),
+            _f(g["session_recall@k"].get("10")),
+            _f(g["ndcg@10"]),
+            _f(g["recall_budget"]),
+            _f(g["budget_results"], 1),
+            _f(g["avg_tokens@k"].get("10"), 0),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def locomo_markdown(result: dict[str, Any]) -> str:
     cfg, ks, budget = result["config"], _ks(result), result["config"]["budget_tokens"]
-    out = ["# LoCoMo retrieval (no LLM)", "",
-           f"Data `{cfg['data']}`: conversations {', '.join(cfg['conversations'])}; {cfg['sessions']} sessions, "
-           f"{cfg['turns']} turns; questions scored per category: "
-           + ", ".join(f"{k} {v}" for k, v in cfg["questions"].items()) + ".",
-           f"Windows of {cfg['chunk_turns']} turns (overlap {cfg['chunk_overlap']}), fusion `{cfg['fusion']}`, "
-           f"embedder `{cfg['embedder']}`, top_k {cfg['top_k']}, token budget {budget} ({cfg['tokenizer']}).",
-           f"Ingest: {result['ingest']['adds']} adds in {result['ingest']['seconds']} s.", "",
-           "## Summary (categories 1-4)", ""]  # fmt: skip
+    out = [
+        "# LoCoMo retrieval (no LLM)",
+        "",
+        f"Data `{cfg['data']}`: conversations {', '.join(cfg['conversations'])}; {cfg['sessions']} sessions, "
+        f"{cfg['turns']} turns; questions scored per category: "
+        + ", ".join(f"{k} {v}" for k, v in cfg["questions"].items())
+        + ".",
+        f"Windows of {cfg['chunk_turns']} turns (overlap {cfg['chunk_overlap']}), fusion `{cfg['fusion']}`, "
+        f"embedder `{cfg['embedder']}`, top_k {cfg['top_k']}, token budget {budget} ({cfg['tokenizer']}).",
+        f"Ingest: {result['ingest']['adds']} adds in {result['ingest']['seconds']} s.",
+        "",
+        "## Summary (categories 1-4)",
+        "",
+    ]
     head = ["mode", *[f"R@{k}" for k in ks], f"R@{budget} tok", "tokens@10", "NDCG@10", "p50 ms", "p99 ms"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode, m in result["modes"].items():
         g, lat = m["overall"], m["latency_ms"]
-        out.append("| " + " | ".join([mode, *[_f(g["recall@k"].get(k)) for k in ks], _f(g["recall_budget"]),
-                                      _f(g["avg_tokens@k"].get("10"), 0), _f(g["ndcg@10"]), _f(lat["p50"], 1),
-                                      _f(lat["p99"], 1)]) + " |")  # fmt: skip
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    mode,
+                    *[_f(g["recall@k"].get(k)) for k in ks],
+                    _f(g["recall_budget"]),
+                    _f(g["avg_tokens@k"].get("10"), 0),
+                    _f(g["ndcg@10"]),
+                    _f(lat["p50"], 1),
+                    _f(lat["p99"], 1),
+                ]
+            )
+            + " |"
+        )
     if result.get("targets"):
-        out += ["", "Targets (fast, categories 1-4): " + "; ".join(
-            f"{name} {t['target']}: {_f(t['value'])} ({'reached' if t['reached'] else 'NOT reached'})"
-            for name, t in result["targets"].items()) + "."]  # fmt: skip
-    out += ["", "Reference points (issue 4, same machine, embedder, split and metric): recall@10 / within 2,000 "
-            "tokens", "", "| system | R@10 | R@2000 tok |", "|---|---|---|"]  # fmt: skip
+        out += [
+            "",
+            "Targets (fast, categories 1-4): "
+            + "; ".join(
+                f"{name} {t['target']}: {_f(t['value'])} ({'reached' if t['reached'] else 'NOT reached'})"
+                for name, t in result["targets"].items()
+            )
+            + ".",
+        ]
+    out += [
+        "",
+        "Reference points (issue 4, same machine, embedder, split and metric): recall@10 / within 2,000 tokens",
+        "",
+        "| system | R@10 | R@2000 tok |",
+        "|---|---|---|",
+    ]
     out += [f"| {name} | {r10:.2f} | {rb:.2f} |" for name, r10, rb in REFERENCE]
     for mode, m in result["modes"].items():
         lat = m["latency_ms"]
         steps = ", ".join(f"{k} {v}" for k, v in lat.get("steps_p50_ms", {}).items())
-        out += ["", f"## {mode}", "", *mode_table(result, mode), "",
-                f"Search latency over HTTP: p50 {_f(lat['p50'], 1)} ms, p99 {_f(lat['p99'], 1)} ms "
-                f"(n={lat['n']}); worker steps p50 (ms): {steps or '-'}. "
-                f"Questions whose results all fit in the budget: {m['budget_unfilled']}; searches retried after "
-                f"a 5xx: {m.get('search_retries', 0)}."]  # fmt: skip
+        out += [
+            "",
+            f"## {mode}",
+            "",
+            *mode_table(result, mode),
+            "",
+            f"Search latency over HTTP: p50 {_f(lat['p50'], 1)} ms, p99 {_f(lat['p99'], 1)} ms "
+            f"(n={lat['n']}); worker steps p50 (ms): {steps or '-'}. "
+            f"Questions whose results all fit in the budget: {m['budget_unfilled']}; searches retried after "
+            f"a 5xx: {m.get('search_retries', 0)}.",
+        ]
     ev = result["evidence"]
-    out += ["", "## Evidence ids", "",
-            f"{ev['questions_scored']} of {ev['questions_total']} questions scored; "
-            f"{ev['questions_without_evidence']} have no usable evidence id. Normalised: "
-            + (", ".join(ev["normalised_ids"]) or "none") + ". Dropped (malformed, or not a turn of the "
-            "conversation): " + (", ".join(ev["dropped_ids"]) or "none") + ".",
-            "", "## Notes", "", *[f"- {n}" for n in result["notes"]],
-            "", "Plots: `recall_by_category.png`, `recall_vs_tokens.png`.", ""]  # fmt: skip
+    out += [
+        "",
+        "## Evidence ids",
+        "",
+        f"{ev['questions_scored']} of {ev['questions_total']} questions scored; "
+        f"{ev['questions_without_evidence']} have no usable evidence id. Normalised: "
+        + (", ".join(ev["normalised_ids"]) or "none")
+        + ". Dropped (malformed, or not a turn of the "
+        "conversation): " + (", ".join(ev["dropped_ids"]) or "none") + ".",
+        "",
+        "## Notes",
+        "",
+        *[f"- {n}" for n in result["notes"]],
+        "",
+        "Plots: `recall_by_category.png`, `recall_vs_tokens.png`.",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -137,8 +199,14 @@ def plot_recall_vs_tokens(result: dict[str, Any], path: Path) -> None:
         (line,) = ax.plot(xs, ys, marker="o", label=f"{mode} (k = {', '.join(ks)})")
         for x, y, k in zip(xs, ys, ks, strict=True):
             ax.annotate(k, (x, y), textcoords="offset points", xytext=(3, -10), fontsize=7, color=line.get_color())
-        ax.plot([g["budget_tokens"] or 0.0], [g["recall_budget"] or 0.0], marker="*", markersize=12,
-                color=line.get_color(), linestyle="none")  # fmt: skip
+        ax.plot(
+            [g["budget_tokens"] or 0.0],
+            [g["recall_budget"] or 0.0],
+            marker="*",
+            markersize=12,
+            color=line.get_color(),
+            linestyle="none",
+        )
     ax.axvline(budget, color="grey", linestyle="--", linewidth=0.8, label=f"{budget}-token budget (* = within it)")
     ax.set_xlabel("average returned context (tokens)")
     ax.set_ylabel("evidence recall (categories 1-4)")
@@ -153,8 +221,10 @@ def plot_recall_vs_tokens(result: dict[str, Any], path: Path) -> None:
 def write_locomo_report(result: dict[str, Any], records: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
     """report.md, result.json, questions.jsonl (per question and mode) and the two plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / n for n in ("report.md", "result.json", "questions.jsonl", "recall_by_category.png",
-                                   "recall_vs_tokens.png")]  # fmt: skip
+    paths = [
+        out_dir / n
+        for n in ("report.md", "result.json", "questions.jsonl", "recall_by_category.png", "recall_vs_tokens.png")
+    ]
     paths[0].write_text(locomo_markdown(result), encoding="utf-8")
     paths[1].write_text(json.dumps(result, indent=2), encoding="utf-8")
     paths[2].write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
@@ -170,17 +240,26 @@ def prefeval_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     ks = [str(k) for k in cfg["ks"]]
     fillers = [str(f) for f in cfg["fillers"]]
-    out = ["# PrefEval proxy (no LLM): is the stated preference retrieved?", "",
-           f"{cfg['topics_sampled']} of {cfg['topics_available']} explicit-preference topic items "
-           f"(seed {cfg['seed']}); a fresh user per item and filler count; filler turns are user+assistant pairs "
-           "from filtered_inter_turns.json in file order.", ""]  # fmt: skip
+    out = [
+        "# PrefEval proxy (no LLM): is the stated preference retrieved?",
+        "",
+        f"{cfg['topics_sampled']} of {cfg['topics_available']} explicit-preference topic items "
+        f"(seed {cfg['seed']}); a fresh user per item and filler count; filler turns are user+assistant pairs "
+        "from filtered_inter_turns.json in file order.",
+        "",
+    ]
     head = ["mode", "fillers", *[f"R@{k}" for k in ks], "mean rank (found)", "p50 ms"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode, by_f in result["modes"].items():
         for f in fillers:
             g = by_f[f]
-            out.append("| " + " | ".join([mode, f, *[_f(g["recall@k"][k]) for k in ks], _f(g["mean_rank"], 2),
-                                          _f(g["latency_ms"]["p50"], 1)]) + " |")  # fmt: skip
+            out.append(
+                "| "
+                + " | ".join(
+                    [mode, f, *[_f(g["recall@k"][k]) for k in ks], _f(g["mean_rank"], 2), _f(g["latency_ms"]["p50"], 1)]
+                )
+                + " |"
+            )
     out += [
         "",
         *[f"- {n}" for n in result["notes"]],

@@ -13,28 +13,103 @@ import random
 from typing import Any
 
 PEOPLE = ("Caroline", "Melanie", "Jon", "Priya", "Diego", "Aiko", "Samuel", "Fatima", "Liam", "Nora", "Omar", "Grace")
-CITIES = ("Lisbon", "Kyoto", "Denver", "Nairobi", "Montreal", "Edinburgh", "Austin", "Seville", "Melbourne",
-          "Reykjavik", "Chicago", "Hanoi", "Porto", "Vancouver")  # fmt: skip
-VENUES = ("the farmers market on Elm Street", "Blue Door Cafe", "the climbing gym", "Riverside Park",
-          "the public library", "the community garden", "the Orpheum theater", "Harbor Pier 9", "the yoga studio",
-          "the food bank on 5th Avenue")  # fmt: skip
-RESTAURANTS = ("Casa Lupita", "Saffron House", "The Green Fork", "Ramen Ichiban", "Luigi's Trattoria",
-               "Smoke & Barrel BBQ", "Little Lisbon Bistro", "Bamboo Garden")  # fmt: skip
-EVENTS = ("sister's wedding", "product launch", "half marathon", "pottery workshop", "job interview",
-          "jazz concert", "parents' anniversary dinner", "book club meeting", "charity bake sale", "team offsite")  # fmt: skip
-ITEMS = ("a used Subaru Outback", "a standing desk", "noise-cancelling headphones", "a road bike",
-         "a sourdough starter kit", "a 65-inch TV", "hiking boots", "an espresso machine", "a secondhand piano")  # fmt: skip
-BOOKS = ("Project Hail Mary", "The Overstory", "Educated", "Dune", "Circe", "Sapiens", "The Midnight Library",
-         "Pachinko")  # fmt: skip
+CITIES = (
+    "Lisbon",
+    "Kyoto",
+    "Denver",
+    "Nairobi",
+    "Montreal",
+    "Edinburgh",
+    "Austin",
+    "Seville",
+    "Melbourne",
+    "Reykjavik",
+    "Chicago",
+    "Hanoi",
+    "Porto",
+    "Vancouver",
+)
+VENUES = (
+    "the farmers market on Elm Street",
+    "Blue Door Cafe",
+    "the climbing gym",
+    "Riverside Park",
+    "the public library",
+    "the community garden",
+    "the Orpheum theater",
+    "Harbor Pier 9",
+    "the yoga studio",
+    "the food bank on 5th Avenue",
+)
+RESTAURANTS = (
+    "Casa Lupita",
+    "Saffron House",
+    "The Green Fork",
+    "Ramen Ichiban",
+    "Luigi's Trattoria",
+    "Smoke & Barrel BBQ",
+    "Little Lisbon Bistro",
+    "Bamboo Garden",
+)
+EVENTS = (
+    "sister's wedding",
+    "product launch",
+    "half marathon",
+    "pottery workshop",
+    "job interview",
+    "jazz concert",
+    "parents' anniversary dinner",
+    "book club meeting",
+    "charity bake sale",
+    "team offsite",
+)
+ITEMS = (
+    "a used Subaru Outback",
+    "a standing desk",
+    "noise-cancelling headphones",
+    "a road bike",
+    "a sourdough starter kit",
+    "a 65-inch TV",
+    "hiking boots",
+    "an espresso machine",
+    "a secondhand piano",
+)
+BOOKS = (
+    "Project Hail Mary",
+    "The Overstory",
+    "Educated",
+    "Dune",
+    "Circe",
+    "Sapiens",
+    "The Midnight Library",
+    "Pachinko",
+)
 RELATIVES = ("sister", "brother", "mom", "dad", "grandmother", "cousin", "nephew", "aunt")
 COMPANIES = ("Northwind", "Acme Robotics", "Brightline Health", "Copperleaf Studio", "Tidewater Bank", "Glasshouse AI")
 PETS = (("puppy", "Biscuit"), ("kitten", "Miso"), ("rescue dog", "Pepper"), ("parrot", "Kiwi"), ("cat", "Juniper"))
 LANGUAGES = ("Spanish", "Japanese", "Portuguese", "Italian", "Korean", "German")
-CLASSES = ("a salsa class", "a woodworking course", "an evening watercolor class", "a first-aid course",
-           "a beginner's coding bootcamp")  # fmt: skip
+CLASSES = (
+    "a salsa class",
+    "a woodworking course",
+    "an evening watercolor class",
+    "a first-aid course",
+    "a beginner's coding bootcamp",
+)
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")  # fmt: skip
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 STATEMENTS = (
     "I booked a flight to {city} for {date}; it was ${price} round trip.",
@@ -72,9 +147,18 @@ QUESTIONS = (
     "Do you want to grab dinner at {restaurant} after work?",
     "When are you back from {city}?",
 )
-REACTIONS = ("That sounds amazing!", "Oh no, sorry to hear that.", "Congrats, that's huge!",
-             "Ha, typical {person}.", "Let me know how it goes.", "Same here, honestly.", "Wait, really?",
-             "Good for you.", "I'm so jealous.", "Fingers crossed!")  # fmt: skip
+REACTIONS = (
+    "That sounds amazing!",
+    "Oh no, sorry to hear that.",
+    "Congrats, that's huge!",
+    "Ha, typical {person}.",
+    "Let me know how it goes.",
+    "Same here, honestly.",
+    "Wait, really?",
+    "Good for you.",
+    "I'm so jealous.",
+    "Fingers crossed!",
+)
 ASSISTANT = (
     "I've set a reminder for {date} at {time}.",
     "Noted: the {event} is on {date} at {venue}.",
@@ -118,18 +202,36 @@ class ConversationGenerator:
         pet_kind, pet_name = rng.choice(PETS)
         city, city2 = rng.sample(CITIES, 2)
         values: dict[str, Any] = {
-            "city": city, "city2": city2, "venue": rng.choice(VENUES), "restaurant": rng.choice(RESTAURANTS),
-            "event": rng.choice(EVENTS), "item": rng.choice(ITEMS), "book": rng.choice(BOOKS),
-            "relative": rng.choice(RELATIVES), "company": rng.choice(COMPANIES), "person": rng.choice(PEOPLE),
-            "pet_kind": pet_kind, "pet_name": pet_name, "language": rng.choice(LANGUAGES),
-            "klass": rng.choice(CLASSES), "weekday": rng.choice(WEEKDAYS), "month": rng.choice(MONTHS),
-            "date": f"{MONTHS[day.month - 1]} {day.day}", "year": rng.randint(2015, 2024),
+            "city": city,
+            "city2": city2,
+            "venue": rng.choice(VENUES),
+            "restaurant": rng.choice(RESTAURANTS),
+            "event": rng.choice(EVENTS),
+            "item": rng.choice(ITEMS),
+            "book": rng.choice(BOOKS),
+            "relative": rng.choice(RELATIVES),
+            "company": rng.choice(COMPANIES),
+            "person": rng.choice(PEOPLE),
+            "pet_kind": pet_kind,
+            "pet_name": pet_name,
+            "language": rng.choice(LANGUAGES),
+            "klass": rng.choice(CLASSES),
+            "weekday": rng.choice(WEEKDAYS),
+            "month": rng.choice(MONTHS),
+            "date": f"{MONTHS[day.month - 1]} {day.day}",
+            "year": rng.randint(2015, 2024),
             "time": f"{rng.randint(1, 12)}:{rng.choice(('00', '15', '30', '45'))} {rng.choice(('am', 'pm'))}",
             "price": rng.choice((12, 18, 25, 40, 65, 89, 120, 149, 240, 380, 450, 720, 1150, 2400)),
-            "rent": rng.randrange(900, 3200, 25), "age": rng.randint(18, 90), "hours": rng.randint(2, 5), "n": rng.randint(2, 45),
-            "km": round(rng.uniform(3, 25), 1), "mm": rng.randint(18, 140), "ss": f"{rng.randint(0, 59):02d}",
-            "miles": rng.randrange(80, 1400, 10), "score": rng.randint(55, 100),
-        }  # fmt: skip
+            "rent": rng.randrange(900, 3200, 25),
+            "age": rng.randint(18, 90),
+            "hours": rng.randint(2, 5),
+            "n": rng.randint(2, 45),
+            "km": round(rng.uniform(3, 25), 1),
+            "mm": rng.randint(18, 140),
+            "ss": f"{rng.randint(0, 59):02d}",
+            "miles": rng.randrange(80, 1400, 10),
+            "score": rng.randint(55, 100),
+        }
         return template.format(**values)
 
     def _content(self, rng: random.Random, base: dt.datetime, assistant: bool) -> str:
@@ -181,6 +283,9 @@ class ConversationGenerator:
         msgs = self.conversation(conv, n)
         marker = self.marker(i)
         last = msgs[-1]
-        last.update(role="user", name=last.get("name") or "Caroline",
-                    content=f"The code for the bike locker at {VENUES[i % len(VENUES)]} is {marker}, don't lose it.")  # fmt: skip
+        last.update(
+            role="user",
+            name=last.get("name") or "Caroline",
+            content=f"The code for the bike locker at {VENUES[i % len(VENUES)]} is {marker}, don't lose it.",
+        )
         return msgs, marker, str(last["id"])

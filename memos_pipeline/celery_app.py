@@ -48,7 +48,7 @@ def declared_queues(settings: Settings) -> list[Queue]:
             durable=True,
             # A message a worker rejects (poison, unparseable) lands in the dead-letter queue, not in /dev/null.
             queue_arguments={"x-dead-letter-exchange": dlx.name, "x-dead-letter-routing-key": DEAD_LETTER},
-        )  # fmt: skip
+        )
         for name in QUEUES
     ]
     return [*work, dead_letter_queue(settings)]

@@ -30,8 +30,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
-from memos_pipeline.models import EMBEDDING_DIM, EmbeddingModel
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import EMBEDDING_DIM, EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,9 @@ class OpenAIEmbedder:
     """Any OpenAI-compatible ``/embeddings`` endpoint through the official ``openai`` client. ``dim=None``: the
     width is learnt from the first answer (a model being introduced by ``reembed``), then held to."""
 
-    def __init__(self, model: str, base_url: str, api_key: str | None, batch_size: int = 64,
-                 dim: int | None = EMBEDDING_DIM) -> None:  # fmt: skip
+    def __init__(
+        self, model: str, base_url: str, api_key: str | None, batch_size: int = 64, dim: int | None = EMBEDDING_DIM
+    ) -> None:
         from openai import OpenAI
 
         self.name = model
@@ -160,8 +161,9 @@ def parse_spec(spec: str, settings: Settings) -> ModelSpec:
         model, _, base_url = rest.partition("@")
         base_url = base_url or settings.embedder_base_url or ""
         if not model or not base_url:
-            raise ValueError(f"{spec!r}: an OpenAI-compatible model needs openai:<model>@<base_url> "
-                             "(or MEMOS_EMBEDDER_BASE_URL)")  # fmt: skip
+            raise ValueError(
+                f"{spec!r}: an OpenAI-compatible model needs openai:<model>@<base_url> (or MEMOS_EMBEDDER_BASE_URL)"
+            )
         return ModelSpec("openai", model, base_url.rstrip("/"))
     raise ValueError(f"an embedding model is 'local' or 'openai:<model>[@<base_url>]', not {spec!r}")
 
@@ -284,8 +286,14 @@ _FOLLOWERS: dict[tuple[str, ...], FollowingEmbedder] = {}
 
 def get_embedder(settings: Settings) -> FollowingEmbedder:
     """The process's embedder: it follows the active model (see the module docstring)."""
-    key = (settings.sqlalchemy_url, settings.embedder, str(settings.embedder_base_url),
-           str(settings.embedder_api_key), str(settings.embed_batch_size), str(settings.torch_threads))  # fmt: skip
+    key = (
+        settings.sqlalchemy_url,
+        settings.embedder,
+        str(settings.embedder_base_url),
+        str(settings.embedder_api_key),
+        str(settings.embed_batch_size),
+        str(settings.torch_threads),
+    )
     with _LOCK:
         if key not in _FOLLOWERS:
             _FOLLOWERS[key] = FollowingEmbedder(settings)

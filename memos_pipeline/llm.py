@@ -107,9 +107,12 @@ class LLMClient:
                     self.usage.repairs += 1
                     messages += [
                         {"role": "assistant", "content": text[:4000]},
-                        {"role": "user", "content": f"Your answer was invalid: {error}\n"
-                                                    "Answer again with only the corrected JSON object."},
-                    ]  # fmt: skip
+                        {
+                            "role": "user",
+                            "content": f"Your answer was invalid: {error}\n"
+                            "Answer again with only the corrected JSON object.",
+                        },
+                    ]
         raise LLMOutputError(f"invalid LLM output after one repair: {error}")
 
 

@@ -34,8 +34,16 @@ MIN_VALUE_LEN = 8
 
 # Settings fields that are secrets themselves, and those that are URLs which may carry credentials.
 SECRET_FIELDS = ("llm_api_key", "embedder_api_key", "flower_password")
-URL_FIELDS = ("database_url", "broker_url", "redis_url", "es_url", "llm_base_url", "embedder_base_url",
-              "mos_reranker_url", "flower_broker_api")  # fmt: skip
+URL_FIELDS = (
+    "database_url",
+    "broker_url",
+    "redis_url",
+    "es_url",
+    "llm_base_url",
+    "embedder_base_url",
+    "mos_reranker_url",
+    "flower_broker_api",
+)
 # Environment variables whose value is a secret, by name (POSTGRES_PASSWORD, FLOWER_BASIC_AUTH, OPENAI_API_KEY...).
 SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|APIKEY|BASIC_AUTH|CREDENTIALS)", re.IGNORECASE)
 

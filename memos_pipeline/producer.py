@@ -33,10 +33,21 @@ def celery_message(task: str, payload: dict[str, Any], task_id: str) -> tuple[li
     """(body, headers) of a Celery protocol-2 message calling ``task(payload)``: what any AMQP client sends."""
     body = [[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     headers = {
-        "lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
-        "retries": 0, "eta": None, "expires": None, "timelimit": [None, None], "ignore_result": True,
-        "argsrepr": "", "kwargsrepr": "", "origin": "memos-producer",
-    }  # fmt: skip
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+        "ignore_result": True,
+        "argsrepr": "",
+        "kwargsrepr": "",
+        "origin": "memos-producer",
+    }
     return body, headers
 
 
@@ -51,17 +62,24 @@ class Producer:
     def add(self, request: AddRequest | dict[str, Any], *, idempotency_key: str | None = None) -> str:
         """Publish one add; returns the task id. Raises pydantic.ValidationError for a bad request (nothing sent)
         and a kombu/amqp error when the broker did not confirm it (then retry with the same idempotency_key)."""
-        req = request if isinstance(request, AddRequest) else AddRequest.model_validate(
-            request, context={"max_messages": self.max_messages}
-        )  # fmt: skip
+        req = (
+            request
+            if isinstance(request, AddRequest)
+            else AddRequest.model_validate(request, context={"max_messages": self.max_messages})
+        )
         job = AcceptJob(tenant=self.tenant, idempotency_key=idempotency_key or uuid.uuid4().hex, request=req)
         task_id = str(uuid.uuid4())
         body, headers = celery_message(ACCEPT_TASK, job.model_dump(mode="json", exclude_none=True), task_id)
         self._producer.publish(
-            body, exchange=self._exchange, routing_key="chunker", headers=headers, correlation_id=task_id,
+            body,
+            exchange=self._exchange,
+            routing_key="chunker",
+            headers=headers,
+            correlation_id=task_id,
             delivery_mode=2,
-            retry=True, retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
-        )  # fmt: skip
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
+        )
         return task_id
 
     def close(self) -> None:
@@ -70,7 +88,9 @@ class Producer:
     def __enter__(self) -> Producer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from memos_pipeline import migrate, pgserver, store
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
+from memos_pipeline.storage import migrate, pgserver, store
+from memos_pipeline.storage.db import session_scope
 
 RUN_ID = uuid.uuid4().hex[:8]
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     yield cfg
     _delete_queues(cfg)
     if not external:
-        from memos_pipeline.db import get_engine
+        from memos_pipeline.storage.db import get_engine
 
         get_engine(cfg).dispose()
         pgserver.drop_database(base, dbname)
@@ -78,7 +78,7 @@ def _delete_queues(cfg: Settings) -> None:
 @pytest.fixture(scope="session")
 def workers(settings: Settings) -> Iterator[Settings]:
     """Real Celery workers (chunker, indexer, search) and the outbox relay, consuming this session's queues."""
-    from memos_pipeline.cli.stack import Stack
+    from cli.stack import Stack
 
     stack = Stack(settings, api=False, quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1")
     stack.start()

@@ -86,8 +86,15 @@ def make_handler(dims: int, delay_s: float, counter: Counter) -> type[BaseHTTPRe
                 counter.requests += 1
                 counter.texts += len(texts)
             tokens = sum(len(WORD.findall(str(t))) for t in texts)
-            self._send(200, {"object": "list", "data": data, "model": body.get("model") or "fake-bow",
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": body.get("model") or "fake-bow",
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                },
+            )
 
     return Handler
 

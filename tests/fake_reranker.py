@@ -184,8 +184,15 @@ class Handler(BaseHTTPRequestHandler):
             field = "texts" if protocol == "tei" else "documents"
             self._error(protocol, 422, f"`{field}` must be a non-empty list of strings")
             return
-        entry = {"path": self.path, "protocol": protocol, "model": body.get("model"), "query": query,
-                 "n": len(texts), "texts": [t[:500] for t in texts], "t": time.time()}  # fmt: skip
+        entry = {
+            "path": self.path,
+            "protocol": protocol,
+            "model": body.get("model"),
+            "query": query,
+            "n": len(texts),
+            "texts": [t[:500] for t in texts],
+            "t": time.time(),
+        }
         delay_s, status, max_batch = STATE.log(entry)
         try:
             if max_batch is not None and len(texts) > max_batch:  # validated before any work, as TEI does
@@ -200,18 +207,35 @@ class Handler(BaseHTTPRequestHandler):
             scores = [relevance(query, t) for t in texts]
             order = sorted(range(len(texts)), key=lambda i: (-scores[i], i))
             if protocol == "tei":
-                self._send(200, [{"index": i, "score": scores[i], **({"text": texts[i]} if body.get("return_text")
-                                                                     else {})} for i in order])  # fmt: skip
+                self._send(
+                    200,
+                    [
+                        {"index": i, "score": scores[i], **({"text": texts[i]} if body.get("return_text") else {})}
+                        for i in order
+                    ],
+                )
                 return
             top_n = body.get("top_n")
             if isinstance(top_n, int) and top_n > 0:
                 order = order[:top_n]
-            results = [{"index": i, "relevance_score": scores[i],
-                        **({"document": {"text": texts[i]}} if body.get("return_documents") else {})}
-                       for i in order]  # fmt: skip
+            results = [
+                {
+                    "index": i,
+                    "relevance_score": scores[i],
+                    **({"document": {"text": texts[i]}} if body.get("return_documents") else {}),
+                }
+                for i in order
+            ]
             tokens = sum(len(_WORD.findall(t)) for t in texts) + len(_WORD.findall(query)) * len(texts)
-            self._send(200, {"object": "rerank", "model": body.get("model") or "fake-reranker", "results": results,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+            self._send(
+                200,
+                {
+                    "object": "rerank",
+                    "model": body.get("model") or "fake-reranker",
+                    "results": results,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                },
+            )
         except (BrokenPipeError, ConnectionResetError):
             entry["outcome"] = "client_gone"  # the caller timed out while we were "thinking"
             self.close_connection = True
@@ -286,8 +310,9 @@ class FakeReranker:
         import urllib.request
 
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        req = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=5) as resp:
             return json.loads(resp.read())
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from memos_pipeline.cli.stack import api_command, settings_env
+from cli.stack import api_command, settings_env
 from memos_pipeline.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -52,8 +52,16 @@ class FakeLLM:
 
     def start(self, timeout: float = 15.0) -> FakeLLM:
         self._script_file.write_text(json.dumps(self._script), encoding="utf-8")
-        cmd = [sys.executable, str(FAKE_LLM), "--host", self.host, "--port", str(self.port),
-               "--script", str(self._script_file)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(FAKE_LLM),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--script",
+            str(self._script_file),
+        ]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()  # "listening on <port>", or "" if it died
@@ -111,9 +119,14 @@ class FakeLLM:
 
     # ------------------------------------------------------------------ scripting
 
-    def script(self, routes: dict[str, list[dict[str, Any]]] | None = None,
-               defaults: dict[str, dict[str, Any]] | None = None,
-               content_by_match: list[dict[str, Any]] | None = None, *, reset: bool = True) -> None:  # fmt: skip
+    def script(
+        self,
+        routes: dict[str, list[dict[str, Any]]] | None = None,
+        defaults: dict[str, dict[str, Any]] | None = None,
+        content_by_match: list[dict[str, Any]] | None = None,
+        *,
+        reset: bool = True,
+    ) -> None:
         """Replace the script; ``reset`` also clears the call log (the usual start of a test)."""
         self._script = {"routes": routes or {}, "defaults": defaults or {}, "content_by_match": content_by_match or []}
         requests.post(f"{self.url}/_script", json={**self._script, "reset": reset}, timeout=5).raise_for_status()

@@ -13,10 +13,10 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from memos_pipeline import store
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
-from memos_pipeline.models import Ingest, Message, OutboxItem
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import Ingest, Message, OutboxItem
 
 pytestmark = pytest.mark.integration
 
@@ -122,32 +122,69 @@ def test_method_not_allowed_uses_envelope(client: FlaskClient, auth: dict[str, s
 
 
 def _nested(depth: int) -> bytes:
-    return ('{"user_id":"u1","messages":[{"role":"user","content":"x"}],"info":{"a":' + "[" * depth + "]" * depth + "}}").encode()  # fmt: skip
+    return (
+        '{"user_id":"u1","messages":[{"role":"user","content":"x"}],"info":{"a":' + "[" * depth + "]" * depth + "}}"
+    ).encode()
 
 
 REJECTED: list[tuple[str, dict[str, Any], int, int, str]] = [
     # (id, request kwargs, status, code, field named in the message)
     ("missing-user-id", {"json": {"messages": [{"role": "user", "content": "x"}]}}, 422, 42201, "user_id"),
     ("messages-not-list", {"json": add_body(messages="hello")}, 422, 42201, "messages"),
-    ("empty-content", {"json": add_body(messages=[{"role": "user", "content": ""}])}, 422, 42201,
-     "messages[0].content"),
-    ("blank-content-2nd", {"json": add_body(messages=[{"role": "user", "content": "ok"}, {"role": "user", "content": "  "}])},
-     422, 42201, "messages[1].content"),
+    (
+        "empty-content",
+        {"json": add_body(messages=[{"role": "user", "content": ""}])},
+        422,
+        42201,
+        "messages[0].content",
+    ),
+    (
+        "blank-content-2nd",
+        {"json": add_body(messages=[{"role": "user", "content": "ok"}, {"role": "user", "content": "  "}])},
+        422,
+        42201,
+        "messages[1].content",
+    ),
     ("bad-role", {"json": add_body(messages=[{"role": "bot", "content": "x"}])}, 422, 42201, "messages[0].role"),
     ("control-char", {"json": add_body(user_id="a\x01b")}, 422, 42201, "user_id"),
-    ("duplicate-ids", {"json": add_body(messages=[{"role": "user", "content": "a", "id": "1"},
-                                                  {"role": "user", "content": "b", "id": "1"}])}, 422, 42201, "messages"),
-    ("too-many-messages", {"json": add_body(messages=[{"role": "user", "content": "x"}] * 501)}, 422, 42201, "messages"),
-    ("content-too-long", {"json": add_body(messages=[{"role": "user", "content": "x" * 20_001}])}, 422, 42201,
-     "messages[0].content"),
+    (
+        "duplicate-ids",
+        {
+            "json": add_body(
+                messages=[{"role": "user", "content": "a", "id": "1"}, {"role": "user", "content": "b", "id": "1"}]
+            )
+        },
+        422,
+        42201,
+        "messages",
+    ),
+    (
+        "too-many-messages",
+        {"json": add_body(messages=[{"role": "user", "content": "x"}] * 501)},
+        422,
+        42201,
+        "messages",
+    ),
+    (
+        "content-too-long",
+        {"json": add_body(messages=[{"role": "user", "content": "x" * 20_001}])},
+        422,
+        42201,
+        "messages[0].content",
+    ),
     ("not-json", {"data": b"{not json", "content_type": "application/json"}, 400, 40001, "body"),
     ("empty-body", {"data": b"", "content_type": "application/json"}, 400, 40001, "body"),
     ("invalid-utf8", {"data": b'{"user_id": "\xff\xfe"}', "content_type": "application/json"}, 400, 40001, "body"),
     ("json-array", {"data": b"[1, 2]", "content_type": "application/json"}, 400, 40002, "body"),
     ("deeply-nested", {"data": _nested(100_000), "content_type": "application/json"}, 400, 40001, "body"),
-    ("too-large", {"data": b'{"user_id": "' + b"x" * (10 * 1024 * 1024) + b'"}', "content_type": "application/json"},
-     413, 41301, "body"),
-]  # fmt: skip
+    (
+        "too-large",
+        {"data": b'{"user_id": "' + b"x" * (10 * 1024 * 1024) + b'"}', "content_type": "application/json"},
+        413,
+        41301,
+        "body",
+    ),
+]
 
 
 @pytest.mark.parametrize(("kwargs", "status", "code", "field"), [r[1:] for r in REJECTED], ids=[r[0] for r in REJECTED])

@@ -21,10 +21,10 @@ import redis
 import sqlalchemy.exc
 from celery import Task
 
-from memos_pipeline import store
 from memos_pipeline.celery_app import DEAD_LETTER, dead_letter_exchange, dead_letter_queue
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 from workers import metrics
 
 log = logging.getLogger("memos.workers")
@@ -74,8 +74,9 @@ class PipelineTask(Task):  # type: ignore[misc]
         """Enqueue a follow-up task, carrying the trace id along."""
         trace_id = getattr(self.request, "trace_id", None)
         # ignore_result: a fire-and-forget publish must not wait on the result backend (Redis) being up.
-        self.app.send_task(name, args=[payload], headers={"trace_id": trace_id} if trace_id else None,
-                           ignore_result=True)  # fmt: skip
+        self.app.send_task(
+            name, args=[payload], headers={"trace_id": trace_id} if trace_id else None, ignore_result=True
+        )
 
     def on_retry(
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
@@ -108,17 +109,27 @@ class PipelineTask(Task):  # type: ignore[misc]
         self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], reason: str, einfo: Any
     ) -> None:
         body = {
-            "task": self.name, "task_id": task_id, "args": list(args), "kwargs": kwargs, "reason": reason,
+            "task": self.name,
+            "task_id": task_id,
+            "args": list(args),
+            "kwargs": kwargs,
+            "reason": reason,
             "traceback": "".join(traceback.format_exception(einfo.exception))[-4000:] if einfo else None,
-            "failed_at": store.now().isoformat(), "retries": self.request.retries,
-        }  # fmt: skip
+            "failed_at": store.now().isoformat(),
+            "retries": self.request.retries,
+        }
         dlx = dead_letter_exchange(self.settings)
         try:
             with self.app.producer_or_acquire() as producer:
                 producer.publish(
-                    json.loads(json.dumps(body, default=str)), exchange=dlx, routing_key=DEAD_LETTER,
-                    serializer="json", delivery_mode=2, retry=True, declare=[dead_letter_queue(self.settings)],
-                )  # fmt: skip
+                    json.loads(json.dumps(body, default=str)),
+                    exchange=dlx,
+                    routing_key=DEAD_LETTER,
+                    serializer="json",
+                    delivery_mode=2,
+                    retry=True,
+                    declare=[dead_letter_queue(self.settings)],
+                )
         except Exception:
             log.exception("could not publish task %s to the dead-letter queue", task_id)
             return  # counted by memos_worker_task_failures, not as a dead letter: there is none to replay

@@ -1,5 +1,5 @@
 """Queue ``chunker``: window an ingest's messages, embed, store raw memories, then fan out; and re-embed everything
-with another model in batches (``reembed_*``, see ``memos_pipeline.reembed``): these are the embedding workers.
+with another model in batches (``reembed_*``, see ``memos_pipeline.jobs.reembed``): these are the embedding workers.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from typing import Any
 
 from celery import chord, group
 
-from memos_pipeline import pipeline, reembed, store
 from memos_pipeline.celery_app import STAGE_TASKS
-from memos_pipeline.db import session_scope
 from memos_pipeline.embedders import get_embedder
-from memos_pipeline.ingest import accept_add
+from memos_pipeline.ingest.accept import accept_add
+from memos_pipeline.jobs import reembed
 from memos_pipeline.schemas import AcceptJob, IndexJob, IngestJob
+from memos_pipeline.stages import chunk as pipeline
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 from workers.base import PipelineTask
 from workers.celery import MAX_RETRIES, app
 

@@ -2,7 +2,7 @@
 
 The embedded index allows one writer, held by this process for its lifetime: run it with concurrency 1. A re-index
 builds the next generation through the same process (its batch tasks take turns with live upserts, which also
-go to the new generation meanwhile); see ``memos_pipeline.reindex``.
+go to the new generation meanwhile); see ``memos_pipeline.jobs.reindex``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from typing import Any
 from celery import chord, group
 from sqlalchemy.orm import Session
 
-from memos_pipeline import graph, pipeline, reindex, store
-from memos_pipeline.bm25 import get_generations, get_index
-from memos_pipeline.db import session_scope
+from memos_pipeline.jobs import reindex
 from memos_pipeline.schemas import IndexJob
+from memos_pipeline.search import graph
+from memos_pipeline.stages import chunk as pipeline
+from memos_pipeline.storage import store
+from memos_pipeline.storage.bm25 import get_generations, get_index
+from memos_pipeline.storage.db import session_scope
 from workers import metrics
 from workers.base import TRANSIENT, PipelineTask
 from workers.celery import MAX_RETRIES, app
@@ -35,12 +38,23 @@ try:  # index timeouts and connection drops are transient too (the client is opt
 except ImportError:  # pragma: no cover
     RETRY_ON = TRANSIENT
 
-REINDEX = {"bind": True, "base": PipelineTask, "max_retries": MAX_RETRIES, "autoretry_for": RETRY_ON,
-           "ignore_result": False}  # fmt: skip
+REINDEX = {
+    "bind": True,
+    "base": PipelineTask,
+    "max_retries": MAX_RETRIES,
+    "autoretry_for": RETRY_ON,
+    "ignore_result": False,
+}
 
 
-@app.task(bind=True, base=PipelineTask, name="memos.indexer.upsert_ingest", max_retries=MAX_RETRIES, stage="indexer",
-          autoretry_for=RETRY_ON)  # fmt: skip
+@app.task(
+    bind=True,
+    base=PipelineTask,
+    name="memos.indexer.upsert_ingest",
+    max_retries=MAX_RETRIES,
+    stage="indexer",
+    autoretry_for=RETRY_ON,
+)
 def upsert_ingest(self: PipelineTask, payload: dict[str, Any]) -> int:
     job = IndexJob.model_validate(payload)
     if job.ingest_id is None:

@@ -7,13 +7,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from memos_pipeline import store
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
 from memos_pipeline.embedders import Embedder, get_embedder
 from memos_pipeline.llm import LLMClient, LLMOutputError
-from memos_pipeline.llm_stages import StageResult, finish_stage
 from memos_pipeline.schemas import IndexJob, IngestJob
+from memos_pipeline.stages.llm import StageResult, finish_stage
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 from workers.base import PipelineTask
 
 Runner = Callable[[Settings, Embedder, LLMClient, uuid.UUID], StageResult | None]

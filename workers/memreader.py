@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memos_pipeline.llm_stages import run_memreader
+from memos_pipeline.stages.llm import run_memreader
 from workers.base import PipelineTask
 from workers.celery import MAX_RETRIES, app
 from workers.llm_task import run_llm_stage

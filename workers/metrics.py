@@ -35,21 +35,25 @@ TASK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 TASK_SECONDS = Histogram(
-    "memos_worker_task_seconds", "Run time of each task execution (successful, failed or retried), by queue and task",
-    ["queue", "task"], buckets=TASK_BUCKETS,
-)  # fmt: skip
+    "memos_worker_task_seconds",
+    "Run time of each task execution (successful, failed or retried), by queue and task",
+    ["queue", "task"],
+    buckets=TASK_BUCKETS,
+)
 TASK_RETRIES = Counter("memos_worker_task_retries", "Task executions that scheduled a retry", ["queue", "task"])
 TASK_FAILURES = Counter(
-    "memos_worker_task_failures", "Task executions that failed for good (retries exhausted or not transient)",
+    "memos_worker_task_failures",
+    "Task executions that failed for good (retries exhausted or not transient)",
     ["queue", "task", "exception"],
-)  # fmt: skip
+)
 DEAD_LETTERED = Counter(
     "memos_worker_dead_lettered", "Failed tasks published to the dead-letter queue", ["queue", "task"]
 )
 INGEST_LAG = Histogram(
-    "memos_ingest_lag_seconds", "From an add being accepted (ingests.created_at) to its indexer stage done "
-    "(searchable by BM25 and vector)", buckets=LAG_BUCKETS,
-)  # fmt: skip
+    "memos_ingest_lag_seconds",
+    "From an add being accepted (ingests.created_at) to its indexer stage done (searchable by BM25 and vector)",
+    buckets=LAG_BUCKETS,
+)
 
 # (task_id, thread) -> perf_counter at task_prerun. The thread too: a retry keeps its task id, and with a short
 # countdown it can start on another thread of the pool before the failed run's postrun has fired.

@@ -14,9 +14,14 @@ def main() -> None:
     with Producer(broker, tenant, queue_prefix=prefix) as p:
         for i in range(n):
             mid = f"prod-{i}"
-            p.add({"user_id": user, "conversation_id": f"prod-conv-{i % 10}",
-                   "messages": [{"role": "user", "content": f"producer message {i} about topic zq{i}x", "id": mid}]},
-                  idempotency_key=f"prod-add-{i}")  # fmt: skip
+            p.add(
+                {
+                    "user_id": user,
+                    "conversation_id": f"prod-conv-{i % 10}",
+                    "messages": [{"role": "user", "content": f"producer message {i} about topic zq{i}x", "id": mid}],
+                },
+                idempotency_key=f"prod-add-{i}",
+            )
             ids.append(mid)
     print(json.dumps({"published": len(ids)}))
 

@@ -14,8 +14,13 @@ pytestmark = pytest.mark.integration
 
 LATENCIES = ("add_ack_ms", "time_to_searchable_ms", "search_fast_ms", "search_floor_ms")
 RATES = ("ingest_msgs_per_s", "embed_only_msgs_per_s", "embed_only_batched_msgs_per_s")
-TARGETS = ("add_ack_p99_ms", "time_to_searchable_p99_ms", "search_fast_p99_ms", "search_fast_p50_over_floor_p50",
-           "ingest_over_embed_only")  # fmt: skip
+TARGETS = (
+    "add_ack_p99_ms",
+    "time_to_searchable_p99_ms",
+    "search_fast_p99_ms",
+    "search_fast_p50_over_floor_p50",
+    "ingest_over_embed_only",
+)
 
 
 def _sane_latency(value: Any, n: int) -> None:

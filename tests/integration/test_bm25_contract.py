@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from memos_pipeline.bm25 import Bm25Doc, Bm25Generations, Bm25Index, Bm25Query, Generations
-from memos_pipeline.tokenizer import analyzed, tokenize
+from memos_pipeline.storage.bm25 import Bm25Doc, Bm25Generations, Bm25Index, Bm25Query, Generations
+from memos_pipeline.text.tokenizer import analyzed, tokenize
 
 pytestmark = pytest.mark.integration
 
-ES_SKIP = ("Elasticsearch contract not run: MEMOS_ES_URL is not set (no Elasticsearch server can be installed on this "
-           "machine); set MEMOS_ES_URL=http://host:9200 to run it against a server")  # fmt: skip
+ES_SKIP = (
+    "Elasticsearch contract not run: MEMOS_ES_URL is not set (no Elasticsearch server can be installed on this "
+    "machine); set MEMOS_ES_URL=http://host:9200 to run it against a server"
+)
 _told: set[str] = set()
 
 
@@ -54,7 +56,7 @@ def _print_skip(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(params=["tantivy", "elasticsearch"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "tantivy":
-        from memos_pipeline.bm25.tantivy_index import TantivyIndex
+        from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex
 
         yield Backend("tantivy", TantivyIndex(tmp_path, writer=True), TantivyIndex(tmp_path, writer=False), 0.01)
         return
@@ -62,7 +64,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if not url:
         _print_skip(request)
         pytest.skip(ES_SKIP)
-    from memos_pipeline.bm25.es_index import EsIndex
+    from memos_pipeline.storage.bm25.es_index import EsIndex
 
     prefix = f"contract{uuid.uuid4().hex[:8]}"
     writer = EsIndex(url, prefix=prefix, writer=True, replicas=0)
@@ -99,8 +101,13 @@ def test_tenant_and_user_isolation(backend: Backend) -> None:
 
 
 def test_conversation_and_kind_filters(backend: Backend) -> None:
-    backend.writer.upsert([doc("r1", "sourdough starter", conv="c1"), doc("r2", "sourdough starter", conv="c2"),
-                           doc("f1", "sourdough starter", conv="c1", kind="fact")])  # fmt: skip
+    backend.writer.upsert(
+        [
+            doc("r1", "sourdough starter", conv="c1"),
+            doc("r2", "sourdough starter", conv="c2"),
+            doc("f1", "sourdough starter", conv="c1", kind="fact"),
+        ]
+    )
     assert sorted(backend.read(q("sourdough"))) == ["f1", "r1", "r2"]
     assert sorted(backend.read(q("sourdough", conversation_id="c1"))) == ["f1", "r1"]
     assert backend.read(q("sourdough", kinds=("fact",))) == ["f1"]
@@ -148,10 +155,14 @@ def test_cjk_tokens(backend: Backend) -> None:
 
 
 def test_scores_are_comparable(backend: Backend) -> None:
-    backend.writer.upsert([
-        doc("tf3", "lisbon lisbon lisbon trip notes"), doc("tf1", "lisbon museum trip notes"),
-        doc("both", "lisbon flight trip notes"), doc("none", "kyoto temple trip notes"),
-    ])  # fmt: skip
+    backend.writer.upsert(
+        [
+            doc("tf3", "lisbon lisbon lisbon trip notes"),
+            doc("tf1", "lisbon museum trip notes"),
+            doc("both", "lisbon flight trip notes"),
+            doc("none", "kyoto temple trip notes"),
+        ]
+    )
     time.sleep(backend.settle_s)
     hits = backend.reader.search(q("lisbon"))
     assert next(i for i, _ in hits) == "tf3"  # higher term frequency ranks higher
@@ -200,8 +211,10 @@ def test_generation_swap_is_atomic_for_readers(backend: Backend) -> None:
 
 def test_copy_into_takes_every_tenant_but_one(backend: Backend) -> None:
     w = backend.writer
-    w.upsert([doc(f"t1-{i}", f"market stall {i}") for i in range(3)] + [doc(f"t2-{i}", f"market {i}", tenant="t2",
-                                                                             user=f"u{i}") for i in range(4)])  # fmt: skip
+    w.upsert(
+        [doc(f"t1-{i}", f"market stall {i}") for i in range(3)]
+        + [doc(f"t2-{i}", f"market {i}", tenant="t2", user=f"u{i}") for i in range(4)]
+    )
     gen = w.next_generation()
     w.begin_generation(gen)
     assert w.copy_into(gen, exclude_tenant="t1") == 4

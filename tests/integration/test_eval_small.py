@@ -21,8 +21,17 @@ pytestmark = pytest.mark.integration
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "locomo_tiny.json"
 KS = (1, 5, 10, 20)
 WINDOWS = [["D1:1", "D1:2", "D1:3"], ["D1:3", "D1:4"], ["D1:4", "D2:1", "D2:2"], ["D2:2", "D2:3", "D2:4"]]
-GROUP_KEYS = {"n", "recall@k", "hit@k", "session_recall@k", "avg_tokens@k", "ndcg@10", "recall_budget",
-              "budget_results", "budget_tokens"}  # fmt: skip
+GROUP_KEYS = {
+    "n",
+    "recall@k",
+    "hit@k",
+    "session_recall@k",
+    "avg_tokens@k",
+    "ndcg@10",
+    "recall_budget",
+    "budget_results",
+    "budget_tokens",
+}
 
 
 def _record(records: list[dict[str, Any]], mode: str, index: int) -> dict[str, Any]:
@@ -42,8 +51,11 @@ def test_locomo_harness_on_a_tiny_conversation(settings: Settings, tmp_path: Pat
     assert cfg["questions"] == {"multi-hop": 1, "temporal": 1, "open-domain": 0, "single-hop": 2, "adversarial": 1}
     ev = result["evidence"]
     assert (ev["questions_total"], ev["questions_scored"], ev["questions_without_evidence"]) == (7, 5, 2)
-    assert ev["normalised_ids"] == ["tiny-1: 'D1:1; D2:1' -> D1:1, D2:1", "tiny-1: 'D2:01' -> D2:1",
-                                    "tiny-1: 'D:2:4' -> D2:4"]  # fmt: skip
+    assert ev["normalised_ids"] == [
+        "tiny-1: 'D1:1; D2:1' -> D1:1, D2:1",
+        "tiny-1: 'D2:01' -> D2:1",
+        "tiny-1: 'D:2:4' -> D2:4",
+    ]
     assert ev["dropped_ids"] == ["tiny-1: 'D9:9'"]
 
     assert set(result["modes"]) == {"bm25", "dense", "fast"}

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import requests
 
+from cli.stack import CORE_QUEUES, Stack, settings_env
 from memos_pipeline.celery_app import QUEUES
-from memos_pipeline.cli.stack import CORE_QUEUES, Stack, settings_env
 from memos_pipeline.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -68,8 +68,9 @@ def flower(every_queue: Settings) -> Iterator[Flower]:
     log = Path(tempfile.mkstemp(prefix="flower-", suffix=".log")[1])
     with log.open("wb") as out:
         started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "memos_pipeline.cli.flower"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.flower"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{settings.flower_port}"
     try:
         deadline = time.monotonic() + 60

@@ -16,14 +16,15 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from memos_pipeline import graph, store
-from memos_pipeline.bm25 import get_index
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
 from memos_pipeline.embedders import get_embedder
-from memos_pipeline.models import Memory, MemoryEdge
-from memos_pipeline.retrieval import fast_search
 from memos_pipeline.schemas import SearchJob
+from memos_pipeline.search import graph
+from memos_pipeline.search.recall import fast_search
+from memos_pipeline.storage import store
+from memos_pipeline.storage.bm25 import get_index
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import Memory, MemoryEdge
 from tests.integration.test_pipeline_e2e import add, wait_done
 
 pytestmark = pytest.mark.integration
@@ -116,13 +117,20 @@ def test_edges_never_cross_users_or_tenants_and_survive_redelivery(
         with session_scope(workers) as s:
             n_edges = s.execute(select(func.count()).select_from(edges_of.subquery())).scalar_one()
             n_entities = s.execute(
-                select(func.count()).select_from(graph.memory_entities)
+                select(func.count())
+                .select_from(graph.memory_entities)
                 .where(graph.memory_entities.c.tenant_id.in_(tenants))
-            ).scalar_one()  # fmt: skip
-            weights = s.execute(
-                select(MemoryEdge.weight).join(Memory, Memory.id == MemoryEdge.src_id)
-                .where(MemoryEdge.kind == graph.EDGE_KIND, Memory.tenant_id.in_(tenants)).order_by(MemoryEdge.id)
-            ).scalars().all()  # fmt: skip
+            ).scalar_one()
+            weights = (
+                s.execute(
+                    select(MemoryEdge.weight)
+                    .join(Memory, Memory.id == MemoryEdge.src_id)
+                    .where(MemoryEdge.kind == graph.EDGE_KIND, Memory.tenant_id.in_(tenants))
+                    .order_by(MemoryEdge.id)
+                )
+                .scalars()
+                .all()
+            )
         return int(n_edges), int(n_entities), list(weights)
 
     before = counts()

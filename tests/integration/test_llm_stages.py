@@ -25,13 +25,14 @@ from flask.testing import FlaskClient
 from llm_fixtures import FakeLLM, answer, start_fake_llm
 from sqlalchemy import func, select
 
-from memos_pipeline import demo, store
+from cli import demo
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
-from memos_pipeline.deadletter import list_dead, replay
-from memos_pipeline.models import Extraction, Memory, MemoryEdge, Preference
+from memos_pipeline.ingest.deadletter import list_dead, replay
 from memos_pipeline.schemas import AddRequest
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import Extraction, Memory, MemoryEdge, Preference
 
 pytestmark = pytest.mark.integration
 
@@ -45,33 +46,54 @@ SEED_IDS = [f"seed-{i}" for i in range(len(demo.MESSAGES))]
 SEED = [{**m, "id": mid} for m, mid in zip(demo.MESSAGES, SEED_IDS, strict=True)]
 SEED_FACTS = {
     "memories": [
-        {"memory_key": "暑假广州旅游", "memory_value": "用户计划暑假去广州旅游", "memory_type": "UserMemory",
-         "tags": ["旅游", "广州", "暑假"], "sources": ["m0"]},
-        {"memory_key": "选择七天酒店", "memory_value": "用户在广州旅游住宿时选择了七天酒店", "memory_type": "UserMemory",
-         "tags": ["酒店", "七天", "住宿"], "sources": ["m1", "m2"]},
+        {
+            "memory_key": "暑假广州旅游",
+            "memory_value": "用户计划暑假去广州旅游",
+            "memory_type": "UserMemory",
+            "tags": ["旅游", "广州", "暑假"],
+            "sources": ["m0"],
+        },
+        {
+            "memory_key": "选择七天酒店",
+            "memory_value": "用户在广州旅游住宿时选择了七天酒店",
+            "memory_type": "UserMemory",
+            "tags": ["酒店", "七天", "住宿"],
+            "sources": ["m1", "m2"],
+        },
     ]
-}  # fmt: skip
+}
 SEED_FACT_SOURCES = {"用户计划暑假去广州旅游": ["seed-0"], "用户在广州旅游住宿时选择了七天酒店": ["seed-1", "seed-2"]}
 SEED_PREFS = {
     "explicit_preferences": [{"preference": "用户选择了七天酒店", "sources": ["m2"]}],
     "implicit_preferences": [
-        {"preference": "用户偏好经济型连锁酒店",
-         "reasoning": "助手列出七天、全季、希尔顿后，用户选了其中最经济的七天，说明用户看重性价比、偏好经济型连锁酒店",
-         "sources": ["m1", "m2"]}
+        {
+            "preference": "用户偏好经济型连锁酒店",
+            "reasoning": "助手列出七天、全季、希尔顿后，用户选了其中最经济的七天，说明用户看重性价比、偏好经济型连锁酒店",
+            "sources": ["m1", "m2"],
+        }
     ],
-}  # fmt: skip
+}
 ENGLISH_FACTS = {
     "memories": [
-        {"memory_key": "Summer trip", "memory_value": "The user plans a summer trip to Guangzhou",
-         "memory_type": "UserMemory", "tags": ["travel"], "sources": ["m0"]},
+        {
+            "memory_key": "Summer trip",
+            "memory_value": "The user plans a summer trip to Guangzhou",
+            "memory_type": "UserMemory",
+            "tags": ["travel"],
+            "sources": ["m0"],
+        },
     ]
-}  # fmt: skip
+}
 ENGLISH_PREFS = {"explicit_preferences": [{"preference": "The user chose Hotel 7 Days", "sources": ["m2"]}]}
 EMPTY_PREFS = {"explicit_preferences": [], "implicit_preferences": []}
 
 
-def seed_script(llm: FakeLLM, facts: list[dict[str, Any]] | None = None, prefs: list[dict[str, Any]] | None = None,
-                **defaults: dict[str, Any]) -> None:  # fmt: skip
+def seed_script(
+    llm: FakeLLM,
+    facts: list[dict[str, Any]] | None = None,
+    prefs: list[dict[str, Any]] | None = None,
+    **defaults: dict[str, Any],
+) -> None:
     """The seed answered by a capable model (by content: the conversation mentions 七天), after any steps."""
     llm.script(
         routes={"facts": facts or [], "preferences": prefs or []},
@@ -102,17 +124,24 @@ def _llm_alive(fake_llm: FakeLLM) -> None:
 @pytest.fixture(scope="module")
 def llm_settings(settings: Settings, fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings.with_overrides(
-        llm_base_url=fake_llm.base_url, llm_model="fake-model", llm_api_key="test",
-        queue_prefix=f"llm{uuid.uuid4().hex[:8]}.", bm25_path=tmp_path_factory.mktemp("bm25-llm"),
-        llm_timeout_s=2.0, llm_max_retries=2, task_max_retries=5, extract_batch_messages=20,
-        preference_adder_mode="fast", memory_adder_mode="fast",
-    )  # fmt: skip
+        llm_base_url=fake_llm.base_url,
+        llm_model="fake-model",
+        llm_api_key="test",
+        queue_prefix=f"llm{uuid.uuid4().hex[:8]}.",
+        bm25_path=tmp_path_factory.mktemp("bm25-llm"),
+        llm_timeout_s=2.0,
+        llm_max_retries=2,
+        task_max_retries=5,
+        extract_batch_messages=20,
+        preference_adder_mode="fast",
+        memory_adder_mode="fast",
+    )
 
 
 @pytest.fixture(scope="module")
 def llm_stack(llm_settings: Settings) -> Iterator[Settings]:
     """Real workers for every queue the LLM path touches, consuming this module's queues."""
-    from memos_pipeline.cli.stack import Stack
+    from cli.stack import Stack
 
     stack = Stack(llm_settings, queues=QUEUES, api=False, quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1")
     stack.start()
@@ -153,8 +182,13 @@ def api(llm_app: Flask) -> FlaskClient:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def add(api: FlaskClient, auth: dict[str, str], messages: list[dict[str, Any]], user: str = demo.USER_ID,
-        conv: str = demo.CONVERSATION_ID) -> dict[str, Any]:  # fmt: skip
+def add(
+    api: FlaskClient,
+    auth: dict[str, str],
+    messages: list[dict[str, Any]],
+    user: str = demo.USER_ID,
+    conv: str = demo.CONVERSATION_ID,
+) -> dict[str, Any]:
     r = api.post("/add/message", headers=auth, json={"user_id": user, "conversation_id": conv, "messages": messages})
     assert r.status_code == 202, r.get_json()
     return r.get_json()["data"]  # type: ignore[no-any-return]
@@ -170,8 +204,9 @@ def all_terminal(st: dict[str, Any]) -> bool:
     return all(v.get("status") in TERMINAL for v in st["stages"].values())
 
 
-def wait_until(api: FlaskClient, auth: dict[str, str], task_ids: list[str], pred: Any = all_terminal,
-               timeout: float = 60.0) -> list[dict[str, Any]]:  # fmt: skip
+def wait_until(
+    api: FlaskClient, auth: dict[str, str], task_ids: list[str], pred: Any = all_terminal, timeout: float = 60.0
+) -> list[dict[str, Any]]:
     """Poll /get/status until ``pred`` holds for every ingest; fail naming the stages if the deadline passes."""
     deadline = time.monotonic() + timeout
     while True:
@@ -179,8 +214,9 @@ def wait_until(api: FlaskClient, auth: dict[str, str], task_ids: list[str], pred
         if all(pred(s) for s in sts):
             return sts
         if time.monotonic() > deadline:
-            summary = [{k: (v.get("status"), v.get("error")) for k, v in s["stages"].items()}
-                       for s in sts if not pred(s)]  # fmt: skip
+            summary = [
+                {k: (v.get("status"), v.get("error")) for k, v in s["stages"].items()} for s in sts if not pred(s)
+            ]
             pytest.fail(f"not reached within {timeout}s: {summary}")
         time.sleep(0.1)
 
@@ -204,9 +240,8 @@ def facts_of(cfg: Settings, tenant_id: uuid.UUID, user: str, status: str | None 
 def prefs_of(cfg: Settings, tenant_id: uuid.UUID, user: str) -> list[Preference]:
     with session_scope(cfg) as s:
         return list(
-            s.execute(select(Preference).where(Preference.tenant_id == tenant_id, Preference.user_id == user))
-            .scalars()
-        )  # fmt: skip
+            s.execute(select(Preference).where(Preference.tenant_id == tenant_id, Preference.user_id == user)).scalars()
+        )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -257,9 +292,10 @@ def test_seed_conversation_gives_facts_and_preferences_end_to_end(
     # Facts point back at the raw windows they came from (raw-text retrieval).
     with session_scope(llm_stack) as s:
         edges = s.execute(
-            select(func.count()).select_from(MemoryEdge)
+            select(func.count())
+            .select_from(MemoryEdge)
             .where(MemoryEdge.kind == "derived_from", MemoryEdge.src_id.in_([uuid.UUID(f["id"]) for f in facts]))
-        ).scalar_one()  # fmt: skip
+        ).scalar_one()
     assert edges >= 2
 
 
@@ -269,9 +305,13 @@ def test_parallel_stage_marks_are_not_lost(settings: Settings, tenant: tuple[uui
     stage's ``running`` (with ``started_at`` and ``attempts``, hence ``ms`` when done) would be lost."""
     with session_scope(settings) as s:
         acc = store.accept_ingest(
-            s, tenant[0], AddRequest(user_id="race_user", messages=[{"role": "user", "content": "hi"}]),
-            trace_id="t", stages=store.initial_stages(llm=True, scheduler=True, preference=True), task_name="x",
-        )  # fmt: skip
+            s,
+            tenant[0],
+            AddRequest(user_id="race_user", messages=[{"role": "user", "content": "hi"}]),
+            trace_id="t",
+            stages=store.initial_stages(llm=True, scheduler=True, preference=True),
+            task_name="x",
+        )
     with session_scope(settings) as s_pref:
         loaded = store.get_ingest(s_pref, acc.ingest_id)  # the preference worker holds its ingest...
         with session_scope(settings) as s_mr:  # ...the memreader worker marks its stage meanwhile...
@@ -330,8 +370,11 @@ def test_malformed_json_twice_fails_the_stage_and_keeps_raw_memories(
 def test_rate_limit_and_server_error_are_retried(
     api: FlaskClient, auth: dict[str, str], tenant: tuple[uuid.UUID, str], fake_llm: FakeLLM, llm_stack: Settings
 ) -> None:
-    seed_script(fake_llm, facts=[{"status": 429}, answer(SEED_FACTS)],
-                prefs=[{"status": 500}, {"status": 503}, answer(SEED_PREFS)])  # fmt: skip
+    seed_script(
+        fake_llm,
+        facts=[{"status": 429}, answer(SEED_FACTS)],
+        prefs=[{"status": 500}, {"status": 503}, answer(SEED_PREFS)],
+    )
     acc = add(api, auth, SEED)
     (st,) = wait_until(api, auth, [acc["task_id"]])
     mr, pr = st["stages"]["memreader"], st["stages"]["preference"]
@@ -417,8 +460,9 @@ def test_empty_extraction_is_done_with_nothing_written(
 def test_wrong_language_is_repaired(
     api: FlaskClient, auth: dict[str, str], tenant: tuple[uuid.UUID, str], fake_llm: FakeLLM, llm_stack: Settings
 ) -> None:
-    seed_script(fake_llm, facts=[answer(ENGLISH_FACTS), answer(SEED_FACTS)],
-                prefs=[answer(ENGLISH_PREFS), answer(SEED_PREFS)])  # fmt: skip
+    seed_script(
+        fake_llm, facts=[answer(ENGLISH_FACTS), answer(SEED_FACTS)], prefs=[answer(ENGLISH_PREFS), answer(SEED_PREFS)]
+    )
     acc = add(api, auth, SEED)
     (st,) = wait_until(api, auth, [acc["task_id"]])
     for stage in LLM_STAGES:
@@ -429,8 +473,10 @@ def test_wrong_language_is_repaired(
     values = [f.memory_value for f in facts_of(llm_stack, tenant[0], demo.USER_ID)]
     assert sorted(values) == sorted(SEED_FACT_SOURCES)
     assert not any("user" in v.lower() for v in values)
-    assert {p.preference for p in prefs_of(llm_stack, tenant[0], demo.USER_ID)} == {"用户选择了七天酒店",
-                                                                                     "用户偏好经济型连锁酒店"}  # fmt: skip
+    assert {p.preference for p in prefs_of(llm_stack, tenant[0], demo.USER_ID)} == {
+        "用户选择了七天酒店",
+        "用户偏好经济型连锁酒店",
+    }
 
 
 # ------------------------------------------------------------------------------------------------ (g) idempotent adds
@@ -452,8 +498,9 @@ def test_same_conversation_twice_creates_no_duplicates(
     assert all(f.status == "activated" for f in facts)
     prefs = prefs_of(llm_stack, tenant[0], demo.USER_ID)
     assert sorted((p.preference_type, p.preference) for p in prefs) == [
-        ("explicit_preference", "用户选择了七天酒店"), ("implicit_preference", "用户偏好经济型连锁酒店")
-    ]  # fmt: skip
+        ("explicit_preference", "用户选择了七天酒店"),
+        ("implicit_preference", "用户偏好经济型连锁酒店"),
+    ]
     for stage in LLM_STAGES:
         counts = [s["stages"][stage]["counts"] for s in sts]
         assert sum(c["new"] for c in counts) == 2, counts
@@ -461,9 +508,10 @@ def test_same_conversation_twice_creates_no_duplicates(
     # Each ingest still has its own raw windows: only derived memories are deduplicated.
     with session_scope(llm_stack) as s:
         raw_ingests = s.execute(
-            select(func.count(func.distinct(Memory.ingest_id)))
-            .where(Memory.tenant_id == tenant[0], Memory.user_id == demo.USER_ID, Memory.kind == "raw")
-        ).scalar_one()  # fmt: skip
+            select(func.count(func.distinct(Memory.ingest_id))).where(
+                Memory.tenant_id == tenant[0], Memory.user_id == demo.USER_ID, Memory.kind == "raw"
+            )
+        ).scalar_one()
     assert raw_ingests == 3
 
 
@@ -478,34 +526,54 @@ def test_fine_adder_versions_a_conflicting_fact_and_keeps_its_history(
     replayed stage asks the model nothing and writes nothing."""
     from memos_pipeline.embedders import get_embedder
     from memos_pipeline.llm import LLMClient
-    from memos_pipeline.llm_stages import run_memreader
+    from memos_pipeline.stages.llm import run_memreader
 
     cfg = llm_stack.with_overrides(memory_adder_mode="fine")
     user = "fine_user"
 
     def accepted(content: str, cid: str) -> uuid.UUID:
-        req = AddRequest(user_id=user, conversation_id="fine_conv",
-                         messages=[{"role": "user", "content": content, "id": cid}])  # fmt: skip
+        req = AddRequest(
+            user_id=user, conversation_id="fine_conv", messages=[{"role": "user", "content": content, "id": cid}]
+        )
         with session_scope(cfg) as s:
             return store.accept_ingest(
-                s, tenant[0], req, trace_id="t", task_name="x",
+                s,
+                tenant[0],
+                req,
+                trace_id="t",
+                task_name="x",
                 stages=store.initial_stages(llm=True, scheduler=True, preference=True),
-            ).ingest_id  # fmt: skip
+            ).ingest_id
 
     def one_fact(value: str) -> dict[str, str]:
-        return answer({"memories": [{"memory_key": "居住城市", "memory_value": value, "memory_type": "UserMemory",
-                                     "tags": ["居住"], "sources": ["m0"]}]})  # fmt: skip
+        return answer(
+            {
+                "memories": [
+                    {
+                        "memory_key": "居住城市",
+                        "memory_value": value,
+                        "memory_type": "UserMemory",
+                        "tags": ["居住"],
+                        "sources": ["m0"],
+                    }
+                ]
+            }
+        )
 
     merged = "用户现在住在上海（此前住在北京）"
     fake_llm.script(
-        routes={"merge": [answer({"action": "conflict", "target": "e0", "merged_value": merged}),
-                          answer({"action": "duplicate", "target": "e0", "merged_value": None})]},
+        routes={
+            "merge": [
+                answer({"action": "conflict", "target": "e0", "merged_value": merged}),
+                answer({"action": "duplicate", "target": "e0", "merged_value": None}),
+            ]
+        },
         content_by_match=[
             {"route": "facts", "match": "北京", **one_fact("用户住在北京")},
             {"route": "facts", "match": "搬到", **one_fact("用户搬到了上海")},
             {"route": "facts", "match": "还住", **one_fact("用户住在上海")},
         ],
-    )  # fmt: skip
+    )
     embedder = get_embedder(cfg)
     first, second, third = (
         accepted("我住在北京", "f-0"),
@@ -526,15 +594,19 @@ def test_fine_adder_versions_a_conflicting_fact_and_keeps_its_history(
     assert new.info["merged_from"] == str(old.id) and new.info["reason"] == "conflict"
     assert r2.archived_ids == [old.id] and r2.new_ids == [new.id]
     with session_scope(cfg) as s:
-        edges = s.execute(select(MemoryEdge.src_id, MemoryEdge.dst_id).where(MemoryEdge.kind == "merged_from",
-                                                                             MemoryEdge.dst_id == old.id)).all()  # fmt: skip
+        edges = s.execute(
+            select(MemoryEdge.src_id, MemoryEdge.dst_id).where(
+                MemoryEdge.kind == "merged_from", MemoryEdge.dst_id == old.id
+            )
+        ).all()
     assert [tuple(e) for e in edges] == [(new.id, old.id)]
     r = api.post("/get/memory/history", headers=auth, json={"user_id": user, "memory_id": str(old.id)})
     assert r.status_code == 200, r.get_json()
     history = r.get_json()["data"]["history"]
     assert [(h["memory_value"], h["version"], h["status"]) for h in history] == [
-        (merged, 2, "activated"), ("用户住在北京", 1, "archived")
-    ]  # fmt: skip
+        (merged, 2, "activated"),
+        ("用户住在北京", 1, "archived"),
+    ]
 
     # The model calls it a duplicate: nothing is written.
     r3 = run_memreader(cfg, embedder, LLMClient(cfg), third)
@@ -551,13 +623,53 @@ def test_fine_adder_versions_a_conflicting_fact_and_keeps_its_history(
 
 # ------------------------------------------------------------------------------------------------ (h) outage
 
-PLACES = ["Lisbon", "Kyoto", "Nairobi", "Oslo", "Lima", "Hanoi", "Tbilisi", "Quebec", "Perth", "Seville",
-          "Bergen", "Cusco", "Porto", "Krakow", "Dakar", "Tallinn", "Valparaiso"]  # fmt: skip
-ACTIVITIES = ["went hiking", "learned pottery", "ran a half marathon", "tasted street food", "visited a museum",
-              "sang karaoke", "rented a kayak", "took a cooking class", "watched an opera", "played chess",
-              "went birdwatching", "bought vinyl records", "climbed a volcano"]  # fmt: skip
-PEOPLE = ["my sister Ana", "my colleague Raj", "my neighbour Li", "my dentist", "my old roommate", "my uncle Tom",
-          "my daughter", "my chess club", "my manager Eva", "my cousin Omar", "my yoga teacher"]  # fmt: skip
+PLACES = [
+    "Lisbon",
+    "Kyoto",
+    "Nairobi",
+    "Oslo",
+    "Lima",
+    "Hanoi",
+    "Tbilisi",
+    "Quebec",
+    "Perth",
+    "Seville",
+    "Bergen",
+    "Cusco",
+    "Porto",
+    "Krakow",
+    "Dakar",
+    "Tallinn",
+    "Valparaiso",
+]
+ACTIVITIES = [
+    "went hiking",
+    "learned pottery",
+    "ran a half marathon",
+    "tasted street food",
+    "visited a museum",
+    "sang karaoke",
+    "rented a kayak",
+    "took a cooking class",
+    "watched an opera",
+    "played chess",
+    "went birdwatching",
+    "bought vinyl records",
+    "climbed a volcano",
+]
+PEOPLE = [
+    "my sister Ana",
+    "my colleague Raj",
+    "my neighbour Li",
+    "my dentist",
+    "my old roommate",
+    "my uncle Tom",
+    "my daughter",
+    "my chess club",
+    "my manager Eva",
+    "my cousin Omar",
+    "my yoga teacher",
+]
 THINGS = ["the weather", "the trains", "the prices", "the noise", "the views", "the food", "the crowds"]
 
 
@@ -572,8 +684,10 @@ def conversation(n: int, offset: int = 0) -> list[dict[str, Any]]:
     for k in range(n):
         i = offset + k
         if i % 2 == 0:
-            text = (f"Last week I {ACTIVITIES[i % 13]} in {PLACES[i % 17]} with {PEOPLE[i % 11]}; "
-                    f"note the code word {token(i)}.")  # fmt: skip
+            text = (
+                f"Last week I {ACTIVITIES[i % 13]} in {PLACES[i % 17]} with {PEOPLE[i % 11]}; "
+                f"note the code word {token(i)}."
+            )
             out.append({"role": "user", "content": text, "id": f"msg-{i}"})
         else:
             text = f"Got it ({token(i)}). How was {THINGS[i % 7]} in {PLACES[(i * 5) % 17]}?"
@@ -590,12 +704,13 @@ def usage_numbers(sts: list[dict[str, Any]], n_messages: int) -> dict[str, Any]:
         for st in LLM_STAGES
     )
     out: dict[str, Any] = {
-        "messages": n_messages, "ingests": len(sts),
+        "messages": n_messages,
+        "ingests": len(sts),
         "llm_calls_per_100_messages": round(calls * 100 / n_messages, 2),
         "llm_tokens_per_100_messages": round(tokens * 100 / n_messages, 1),
         "retries": sum(s["stages"][st].get("usage", {}).get("retries", 0) for s in sts for st in LLM_STAGES),
         "repairs": sum(s["stages"][st].get("usage", {}).get("repairs", 0) for s in sts for st in LLM_STAGES),
-    }  # fmt: skip
+    }
     for st in LLM_STAGES:
         u = [s["stages"][st].get("usage", {}) for s in sts]
         out[f"{st}_calls_per_100_messages"] = round(sum(x.get("calls", 0) for x in u) * 100 / n_messages, 2)
@@ -626,9 +741,14 @@ def report(name: str, numbers: dict[str, Any], capsys: pytest.CaptureFixture[str
 
 
 def test_llm_outage_mid_ingest_keeps_raw_memories_and_writes_no_fact_twice(
-    api: FlaskClient, auth: dict[str, str], tenant: tuple[uuid.UUID, str], fake_llm: FakeLLM, llm_stack: Settings,
-    llm_app: Flask, capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    api: FlaskClient,
+    auth: dict[str, str],
+    tenant: tuple[uuid.UUID, str],
+    fake_llm: FakeLLM,
+    llm_stack: Settings,
+    llm_app: Flask,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     user, conv, n, per_add = "outage_user", "outage_conv", 200, 50
     # A capable but slow model (0.5 s a call), so that the outage lands in the middle of the stages.
     fake_llm.script(defaults={"facts": {"auto": True, "delay": 0.5}, "preferences": {"auto": True, "delay": 0.5}})
@@ -654,10 +774,15 @@ def test_llm_outage_mid_ingest_keeps_raw_memories_and_writes_no_fact_twice(
     windows = sum(s["stages"]["chunker"]["windows"] for s in sts)
     with session_scope(llm_stack) as s:
         raw = s.execute(
-            select(func.count()).select_from(Memory)
-            .where(Memory.tenant_id == tenant[0], Memory.user_id == user, Memory.kind == "raw",
-                   Memory.status == "activated")
-        ).scalar_one()  # fmt: skip
+            select(func.count())
+            .select_from(Memory)
+            .where(
+                Memory.tenant_id == tenant[0],
+                Memory.user_id == user,
+                Memory.kind == "raw",
+                Memory.status == "activated",
+            )
+        ).scalar_one()
     assert raw == windows > 0
 
     def findable(i: int) -> bool:  # API threads, as gunicorn's gthread workers would run them
@@ -670,8 +795,11 @@ def test_llm_outage_mid_ingest_keeps_raw_memories_and_writes_no_fact_twice(
         missing = [i for i, ok in zip(range(n), pool.map(findable, range(n)), strict=True) if not ok]
     search_s = time.monotonic() - t_search
     assert missing == [], f"messages not found by their unique token while the LLM was down: {missing}"
-    still_waiting = [s for s in (get_status(api, auth, t) for t in tasks)
-                     if any(s["stages"][x]["status"] not in TERMINAL for x in LLM_STAGES)]  # fmt: skip
+    still_waiting = [
+        s
+        for s in (get_status(api, auth, t) for t in tasks)
+        if any(s["stages"][x]["status"] not in TERMINAL for x in LLM_STAGES)
+    ]
     down_s = time.monotonic() - t_down
 
     # The model comes back on the same port: each stage either finishes through its retries (backoff), or ran out
@@ -690,8 +818,9 @@ def test_llm_outage_mid_ingest_keeps_raw_memories_and_writes_no_fact_twice(
     retried = [s["stages"][st] for s in sts for st in LLM_STAGES if s["stages"][st].get("attempts", 0) > 1]
     if dead:
         # They are parked in the dead-letter queue with the same reason; replaying them finishes the work.
-        letters = [d for d in list_dead(llm_stack) if d.get("args") and d["args"][0].get("ingest_id") in
-                   {i for i, _ in dead}]  # fmt: skip
+        letters = [
+            d for d in list_dead(llm_stack) if d.get("args") and d["args"][0].get("ingest_id") in {i for i, _ in dead}
+        ]
         assert sorted((d["args"][0]["ingest_id"], d["task"].split(".")[1]) for d in letters) == sorted(dead)
         assert all(d["reason"] for d in letters)
         sender = make_celery(llm_stack)
@@ -700,8 +829,9 @@ def test_llm_outage_mid_ingest_keeps_raw_memories_and_writes_no_fact_twice(
         finally:
             sender.close()
         assert replayed == len(letters)
-        sts = wait_until(api, auth, tasks, lambda s: all(s["stages"][x]["status"] == "done" for x in LLM_STAGES),
-                         timeout=90)  # fmt: skip
+        sts = wait_until(
+            api, auth, tasks, lambda s: all(s["stages"][x]["status"] == "done" for x in LLM_STAGES), timeout=90
+        )
     assert all(s["status"] == "done" for s in sts), [s["stages"] for s in sts]
     assert fake_llm.calls()["total"] > 0  # the work resumed against the restarted server
 
@@ -709,23 +839,28 @@ def test_llm_outage_mid_ingest_keeps_raw_memories_and_writes_no_fact_twice(
     with session_scope(llm_stack) as s:
         scope = (Memory.tenant_id == tenant[0], Memory.user_id == user, Memory.kind == "fact")
         same_hash = s.execute(
-            select(Memory.content_hash, func.count()).where(*scope, Memory.status == "activated")
-            .group_by(Memory.content_hash).having(func.count() > 1)
-        ).all()  # fmt: skip
+            select(Memory.content_hash, func.count())
+            .where(*scope, Memory.status == "activated")
+            .group_by(Memory.content_hash)
+            .having(func.count() > 1)
+        ).all()
         same_key = s.execute(
-            select(Memory.ingest_id, Memory.chunk_idx, func.count()).where(*scope)
-            .group_by(Memory.ingest_id, Memory.chunk_idx).having(func.count() > 1)
-        ).all()  # fmt: skip
+            select(Memory.ingest_id, Memory.chunk_idx, func.count())
+            .where(*scope)
+            .group_by(Memory.ingest_id, Memory.chunk_idx)
+            .having(func.count() > 1)
+        ).all()
         facts = s.execute(select(Memory.memory_value, Memory.ingest_id, Memory.sources).where(*scope)).all()
         batches = s.execute(
             select(Extraction.ingest_id, Extraction.stage, func.count())
-            .where(Extraction.ingest_id.in_(ingest_ids)).group_by(Extraction.ingest_id, Extraction.stage)
-        ).all()  # fmt: skip
+            .where(Extraction.ingest_id.in_(ingest_ids))
+            .group_by(Extraction.ingest_id, Extraction.stage)
+        ).all()
         prefs = s.execute(
             select(Preference.content_hash, func.count())
             .where(Preference.tenant_id == tenant[0], Preference.user_id == user)
             .group_by(Preference.content_hash)
-        ).all()  # fmt: skip
+        ).all()
     assert same_hash == [] and same_key == [], (same_hash, same_key)
     # One fact per user message (the scripted model's answer): none lost to the outage, none written twice.
     assert len({v for v, _, _ in facts}) == len(facts) == n // 2
@@ -741,13 +876,14 @@ def test_llm_outage_mid_ingest_keeps_raw_memories_and_writes_no_fact_twice(
         down_s=round(down_s, 1),
         raw_ready_after_s=round(raw_ready_s, 1),
         searches_s=round(search_s, 1),
-        stages_waiting_at_restart=sum(1 for x in still_waiting for st in LLM_STAGES
-                                      if x["stages"][st]["status"] not in TERMINAL),
+        stages_waiting_at_restart=sum(
+            1 for x in still_waiting for st in LLM_STAGES if x["stages"][st]["status"] not in TERMINAL
+        ),
         stages_retried=len(retried),
         stages_done_by_retry=done_by_retry,
         stages_dead_lettered_then_replayed=len(dead),
         facts=len(facts),
-    )  # fmt: skip
+    )
     report("outage-200", numbers, capsys)
 
 
@@ -755,9 +891,13 @@ def test_llm_outage_mid_ingest_keeps_raw_memories_and_writes_no_fact_twice(
 
 
 def test_cost_and_latency_per_100_messages(
-    api: FlaskClient, auth: dict[str, str], tenant: tuple[uuid.UUID, str], fake_llm: FakeLLM, llm_stack: Settings,
+    api: FlaskClient,
+    auth: dict[str, str],
+    tenant: tuple[uuid.UUID, str],
+    fake_llm: FakeLLM,
+    llm_stack: Settings,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """The closing note's numbers: 200 messages in 10 adds of 20, a capable model answering at once."""
     fake_llm.script(defaults={"facts": {"auto": True}, "preferences": {"auto": True}})
     msgs = conversation(200, offset=1000)

@@ -28,8 +28,7 @@ def _sane_latency(value: dict[str, float | int | None], n: int) -> None:
 
 @pytest.mark.timeout(600)
 def test_a_short_low_rate_run(settings: Settings, tmp_path: Path) -> None:
-    result = run_load(settings, RATE, SECONDS, per_add=PER_ADD, search_ratio=2.0, report_dir=tmp_path,
-                      progress=False)  # fmt: skip
+    result = run_load(settings, RATE, SECONDS, per_add=PER_ADD, search_ratio=2.0, report_dir=tmp_path, progress=False)
     json.dumps(result)  # the CLI prints it
 
     assert result["config"]["mode"] == "fixed_rate" and result["config"]["per_add"] == PER_ADD

@@ -12,19 +12,30 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from memos_pipeline import pipeline, store
-from memos_pipeline.chunking import Turn, window_turns
+from cli.demo import CONVERSATION_ID, MESSAGES, QUERY, USER_ID
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
-from memos_pipeline.demo import CONVERSATION_ID, MESSAGES, QUERY, USER_ID
 from memos_pipeline.embedders import get_embedder
-from memos_pipeline.models import Ingest, Memory, OutboxItem
+from memos_pipeline.stages import chunk as pipeline
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import Ingest, Memory, OutboxItem
+from memos_pipeline.text.chunking import Turn, window_turns
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-MEMORY_FIELDS = {"id", "memory_key", "memory_value", "memory_type", "conversation_id", "tags", "create_time",
-                 "update_time", "relativity", "sources"}  # fmt: skip
+MEMORY_FIELDS = {
+    "id",
+    "memory_key",
+    "memory_value",
+    "memory_type",
+    "conversation_id",
+    "tags",
+    "create_time",
+    "update_time",
+    "relativity",
+    "sources",
+}
 
 
 def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.05) -> T:
@@ -121,10 +132,17 @@ def test_demo_conversation(workers: Settings, client: FlaskClient, auth: dict[st
 @pytest.mark.parametrize("mode", ["sync", False])
 def test_sync_mode_returns_memories(workers: Settings, client: FlaskClient, auth: dict[str, str], mode: Any) -> None:
     data = add(
-        client, auth, 200, user_id="sync_user", conversation_id=f"sync-{mode}", async_mode=mode,
-        messages=[{"role": "user", "content": "My sister Ana lives in Lisbon", "id": "s1"},
-                  {"role": "assistant", "content": "Lisbon is lovely", "id": "s2"}],
-    )  # fmt: skip
+        client,
+        auth,
+        200,
+        user_id="sync_user",
+        conversation_id=f"sync-{mode}",
+        async_mode=mode,
+        messages=[
+            {"role": "user", "content": "My sister Ana lives in Lisbon", "id": "s1"},
+            {"role": "assistant", "content": "Lisbon is lovely", "id": "s2"},
+        ],
+    )
     assert data["status"] == "done"
     assert data["stages"]["chunker"]["status"] == "done"
     (memory,) = data["memory_detail_list"]
@@ -165,8 +183,10 @@ NEAR_MISSES = ["qwvexlar", "qwvexlur", "qwvexlir", "qwvexlon", "qwvexler", "qwve
 
 def test_bm25_recalls_an_exact_rare_token(workers: Settings, client: FlaskClient, auth: dict[str, str]) -> None:
     user = "bm25_user"
-    target = (f"We spent the afternoon in the garden planting tomatoes, basil and peppers, then cleaned the shed "
-              f"and fixed the fence; the neighbour lent us her {RARE} for the afternoon")  # fmt: skip
+    target = (
+        f"We spent the afternoon in the garden planting tomatoes, basil and peppers, then cleaned the shed "
+        f"and fixed the fence; the neighbour lent us her {RARE} for the afternoon"
+    )
     sync_add(client, auth, user, "garden", target, "Sounds like a productive and relaxing day outdoors")
     for i, word in enumerate(NEAR_MISSES):
         sync_add(client, auth, user, f"near-{i}", f"What is {word}?", f"{word} is a word I do not know")
@@ -188,8 +208,9 @@ def test_bm25_recalls_an_exact_rare_token(workers: Settings, client: FlaskClient
 
 
 def test_chunk_ingest_twice_writes_no_duplicates(workers: Settings, client: FlaskClient, auth: dict[str, str]) -> None:
-    msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn number {i} about gardening"}
-            for i in range(7)]  # fmt: skip
+    msgs = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn number {i} about gardening"} for i in range(7)
+    ]
     data = add(client, auth, user_id="idem_user", conversation_id="idem", messages=msgs)
     ingest_id = uuid.UUID(data["ingest_id"])
     embedder = get_embedder(workers)
@@ -225,10 +246,14 @@ def test_add_is_accepted_while_the_broker_is_down(workers: Settings, client: Fla
 
     word = f"outboxword{uuid.uuid4().hex[:6]}"
     resp = broken.post(
-        "/add/message", headers=auth,
-        json={"user_id": "outbox_user", "conversation_id": "ob",
-              "messages": [{"role": "user", "content": f"Remember the code {word}", "id": "ob1"}]},
-    )  # fmt: skip
+        "/add/message",
+        headers=auth,
+        json={
+            "user_id": "outbox_user",
+            "conversation_id": "ob",
+            "messages": [{"role": "user", "content": f"Remember the code {word}", "id": "ob1"}],
+        },
+    )
     assert resp.status_code == 202, resp.get_data(as_text=True)
     data = resp.get_json()["data"]
     assert (data["status"], data["published"]) == ("accepted", False)

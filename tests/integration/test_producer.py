@@ -14,9 +14,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
-from memos_pipeline.models import Ingest, Memory, Message
 from memos_pipeline.producer import Producer
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import Ingest, Memory, Message
 
 pytestmark = pytest.mark.integration
 N = int(os.environ.get("MEMOS_TEST_PRODUCER_ADDS", "1000"))
@@ -41,7 +41,7 @@ def _count(settings: Settings, model, tenant_id: uuid.UUID, user: str, **where) 
 def test_same_idempotency_key_twice_is_one_ingest(workers: Settings, tenant: tuple[uuid.UUID, str]) -> None:
     tenant_id, _ = tenant
     with session_scope(workers) as s:
-        from memos_pipeline.models import Tenant
+        from memos_pipeline.storage.models import Tenant
 
         name = s.get_one(Tenant, tenant_id).name
     req = {"user_id": "u-idem", "messages": [{"role": "user", "content": "my dog is called Biscuit", "id": "d1"}]}
@@ -65,33 +65,51 @@ def test_api_idempotency_key_header(client: FlaskClient, auth: dict[str, str]) -
 
 
 @pytest.mark.timeout(1800)  # 2N real ingests through the chunker: minutes on 2 cores, not the default 300 s
-def test_producer_process_and_api_together(workers: Settings, client: FlaskClient, tenant: tuple[uuid.UUID, str],
-                                           auth: dict[str, str]) -> None:  # fmt: skip
+def test_producer_process_and_api_together(
+    workers: Settings, client: FlaskClient, tenant: tuple[uuid.UUID, str], auth: dict[str, str]
+) -> None:
     """N adds from a producer in another process while the API adds N: all 2N searchable, none twice."""
     tenant_id, _ = tenant
     with session_scope(workers) as s:
-        from memos_pipeline.models import Tenant
+        from memos_pipeline.storage.models import Tenant
 
         name = s.get_one(Tenant, tenant_id).name
     user = "u-mixed"
     script = Path(__file__).with_name("producer_script.py")
-    proc = subprocess.Popen([sys.executable, str(script), workers.broker_url, workers.queue_prefix, name, user, str(N)],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(script), workers.broker_url, workers.queue_prefix, name, user, str(N)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     for i in range(N):
-        r = client.post("/add/message", headers=auth, json={
-            "user_id": user, "conversation_id": f"api-conv-{i % 10}",
-            "messages": [{"role": "user", "content": f"api message {i} about topic qa{i}y", "id": f"api-{i}"}]})  # fmt: skip
+        r = client.post(
+            "/add/message",
+            headers=auth,
+            json={
+                "user_id": user,
+                "conversation_id": f"api-conv-{i % 10}",
+                "messages": [{"role": "user", "content": f"api message {i} about topic qa{i}y", "id": f"api-{i}"}],
+            },
+        )
         assert r.status_code == 202, r.get_json()
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0 and '"published"' in out
     _wait(lambda: _count(workers, Ingest, tenant_id, user, status="done") == 2 * N, 900, "all ingests done")
     assert _count(workers, Ingest, tenant_id, user) == 2 * N
     with session_scope(workers) as s:
-        client_ids = s.execute(select(Message.client_id).where(Message.tenant_id == tenant_id, Message.user_id == user)).scalars().all()
+        client_ids = (
+            s.execute(select(Message.client_id).where(Message.tenant_id == tenant_id, Message.user_id == user))
+            .scalars()
+            .all()
+        )
         assert len(client_ids) == len(set(client_ids)) == 2 * N
-        covered = set(s.execute(
-            select(func.unnest(Memory.sources)).where(Memory.tenant_id == tenant_id, Memory.user_id == user, Memory.kind == "raw")
-        ).scalars())  # fmt: skip
+        covered = set(
+            s.execute(
+                select(func.unnest(Memory.sources)).where(
+                    Memory.tenant_id == tenant_id, Memory.user_id == user, Memory.kind == "raw"
+                )
+            ).scalars()
+        )
         assert covered >= set(client_ids)
     # and through search: a sample of both kinds of adds by their unique token
     for i in range(0, N, max(1, N // 20)):

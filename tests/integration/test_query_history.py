@@ -7,12 +7,12 @@ import uuid
 import pytest
 from flask.testing import FlaskClient
 
-from memos_pipeline.bm25 import get_index
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
 from memos_pipeline.embedders import get_embedder
-from memos_pipeline.retrieval import fast_search
 from memos_pipeline.schemas import SearchJob
+from memos_pipeline.search.recall import fast_search
+from memos_pipeline.storage.bm25 import get_index
+from memos_pipeline.storage.db import session_scope
 from tests.integration.test_pipeline_e2e import add, wait_done
 
 pytestmark = pytest.mark.integration
@@ -36,8 +36,15 @@ def test_history_turns_make_a_follow_up_find_its_memory(
     user, conv = f"u-{uuid.uuid4().hex[:8]}", "c-history"
     for messages in (*([{"role": "user", "content": pet}, *FILLER] for pet in PETS), RECENT):
         wait_done(client, auth, add(client, auth, user_id=user, conversation_id=conv, messages=messages)["task_id"])
-    job = SearchJob(tenant_id=tenant[0], user_id=user, query=FOLLOW_UP, conversation_id=conv, top_k=3,
-                    include_preference=False, pref_top_k=0)  # fmt: skip
+    job = SearchJob(
+        tenant_id=tenant[0],
+        user_id=user,
+        query=FOLLOW_UP,
+        conversation_id=conv,
+        top_k=3,
+        include_preference=False,
+        pref_top_k=0,
+    )
     embedder, index = get_embedder(workers), get_index(workers)
 
     def pickle_rank_and_score(history_turns: int) -> tuple[int, float]:

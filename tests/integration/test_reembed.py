@@ -25,15 +25,17 @@ from celery import Celery
 from flask.testing import FlaskClient
 from sqlalchemy import select, text
 
+from cli.stack import settings_env
 from evaluation.reindex_bench import insert_memories
-from memos_pipeline import embedding_columns, pipeline, reembed, store
 from memos_pipeline.celery_app import make_celery
-from memos_pipeline.cli.stack import settings_env
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
 from memos_pipeline.embedders import ACTIVE_MODEL_TTL_S, FollowingEmbedder, OpenAIEmbedder, read_active
-from memos_pipeline.models import Memory, Preference
+from memos_pipeline.jobs import embedding_columns, reembed
 from memos_pipeline.schemas import AddRequest
+from memos_pipeline.stages import chunk as pipeline
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import Memory, Preference
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +62,26 @@ def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 120.0) -> T
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "memos_pipeline.cli.reembed", "--json", *args]
+    return [sys.executable, "-m", "cli.reembed", "--json", *args]
 
 
 @pytest.fixture(scope="module")
 def fake_model() -> Iterator[str]:
     """The fake endpoint's model spec (5 ms per request: an endpoint's latency, so the job takes a while)."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_embedder.py"), "--port", "0", "--dims",
-                             str(DIMS), "--delay-ms", "5"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "fake_embedder.py"),
+            "--port",
+            "0",
+            "--dims",
+            str(DIMS),
+            "--delay-ms",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline().split()[-1])
@@ -93,8 +107,9 @@ def _restore_local(settings: Settings) -> None:
     if job is not None and not job.finished:
         reembed.abort(settings, job.job_id)
     if active(settings).spec != LOCAL:
-        subprocess.run(cli("--model", "local"), env=settings_env(settings), capture_output=True, timeout=600,
-                       check=True)  # fmt: skip
+        subprocess.run(
+            cli("--model", "local"), env=settings_env(settings), capture_output=True, timeout=600, check=True
+        )
 
 
 def active(settings: Settings) -> Any:
@@ -111,10 +126,16 @@ def wrong_width(settings: Settings, dims: int) -> dict[str, int]:
     """Rows per table whose vector is missing or not ``dims`` wide (activated memories: what search reads)."""
     with session_scope(settings) as s:
         return {
-            t: int(s.execute(text(f"SELECT count(*) FROM {t} WHERE status = 'activated' AND "
-                                  f"(embedding IS NULL OR vector_dims(embedding) <> {dims})")).scalar_one())
+            t: int(
+                s.execute(
+                    text(
+                        f"SELECT count(*) FROM {t} WHERE status = 'activated' AND "
+                        f"(embedding IS NULL OR vector_dims(embedding) <> {dims})"
+                    )
+                ).scalar_one()
+            )
             for t in ("memories", "preferences")
-        }  # fmt: skip
+        }
 
 
 def vector_of(settings: Settings, memory_id: uuid.UUID) -> np.ndarray:
@@ -124,23 +145,36 @@ def vector_of(settings: Settings, memory_id: uuid.UUID) -> np.ndarray:
 
 def raw_memories(settings: Settings, user_id: str, conversation_id: str) -> list[tuple[uuid.UUID, str, np.ndarray]]:
     with session_scope(settings) as s:
-        rows = s.execute(select(Memory.id, Memory.memory_value, Memory.embedding).where(
-            Memory.user_id == user_id, Memory.conversation_id == conversation_id, Memory.kind == "raw")).all()  # fmt: skip
+        rows = s.execute(
+            select(Memory.id, Memory.memory_value, Memory.embedding).where(
+                Memory.user_id == user_id, Memory.conversation_id == conversation_id, Memory.kind == "raw"
+            )
+        ).all()
     return [(r[0], r[1], np.asarray(r[2])) for r in rows]
 
 
 def sync_add(client: FlaskClient, auth: dict[str, str], user_id: str, conversation_id: str, *texts: str) -> None:
     msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(texts)]
-    resp = client.post("/add/message", headers=auth, json={"user_id": user_id, "conversation_id": conversation_id,
-                                                           "messages": msgs, "async_mode": "sync"})  # fmt: skip
+    resp = client.post(
+        "/add/message",
+        headers=auth,
+        json={"user_id": user_id, "conversation_id": conversation_id, "messages": msgs, "async_mode": "sync"},
+    )
     assert resp.status_code == 200, resp.get_data(as_text=True)
     assert resp.get_json()["data"]["status"] == "done"
 
 
 def search(app: Celery, tenant_id: uuid.UUID, user_id: str, query: str) -> dict[str, Any]:
     """Dense recall through the search worker (the real path: the worker embeds the query with its model)."""
-    job = {"v": 1, "tenant_id": str(tenant_id), "user_id": user_id, "query": query, "channels": ["dense"],
-           "top_k": 5, "include_preference": True}  # fmt: skip
+    job = {
+        "v": 1,
+        "tenant_id": str(tenant_id),
+        "user_id": user_id,
+        "query": query,
+        "channels": ["dense"],
+        "top_k": 5,
+        "include_preference": True,
+    }
     result = app.send_task("memos.search.fast", args=[job], ignore_result=False)
     try:
         out: dict[str, Any] = result.get(timeout=30)
@@ -186,8 +220,14 @@ def accept_only(settings: Settings, tenant_id: uuid.UUID, user_id: str, conversa
     msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(texts)]
     req = AddRequest(user_id=user_id, conversation_id=conversation_id, messages=msgs)  # type: ignore[arg-type]
     with session_scope(settings) as s:
-        accepted = store.accept_ingest(s, tenant_id, req, trace_id="t", task_name="memos.chunker.chunk",
-                                       stages=store.initial_stages(llm=False, scheduler=False, preference=False))  # fmt: skip
+        accepted = store.accept_ingest(
+            s,
+            tenant_id,
+            req,
+            trace_id="t",
+            task_name="memos.chunker.chunk",
+            stages=store.initial_stages(llm=False, scheduler=False, preference=False),
+        )
         store.mark_outbox_sent(s, accepted.outbox_id)
     return accepted.ingest_id
 
@@ -208,16 +248,28 @@ def test_reembed_killed_half_way_resumes_switches_every_process_and_rolls_back(
     unit[3] = 1.0
     with session_scope(settings) as s:
         for pref in ("Alice prefers lighthouse tours in spring", "Alice likes quiet coastal towns"):
-            s.add(Preference(tenant_id=tenant_id, user_id="alice", conversation_id="marker", preference=pref,
-                             preference_type="explicit_preference", embedding=unit.tolist(),
-                             content_hash=store.content_hash(pref)))  # fmt: skip
+            s.add(
+                Preference(
+                    tenant_id=tenant_id,
+                    user_id="alice",
+                    conversation_id="marker",
+                    preference=pref,
+                    preference_type="explicit_preference",
+                    embedding=unit.tolist(),
+                    content_hash=store.content_hash(pref),
+                )
+            )
     stale = FollowingEmbedder(settings, ttl_s=3600)  # a process that read the active model before the swap
     assert stale.active().spec == LOCAL
 
     searches = Searches(celery_app, tenant_id, marker)
     searches.start()
-    proc = subprocess.Popen(cli("--model", fake_model, "--batch-size", "50", "--window", "2"), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        cli("--model", fake_model, "--batch-size", "50", "--window", "2"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         job = wait_for(lambda: reembed_job(settings, batches_done=8), "8 checkpointed batches")
         proc.send_signal(signal.SIGKILL)
@@ -233,12 +285,28 @@ def test_reembed_killed_half_way_resumes_switches_every_process_and_rolls_back(
     # While nobody drives the job: an add through the pipeline, and a row in a page the batches already did.
     sync_add(client, auth, "alice", "greyhound", "We adopted a greyhound named Biscuit from the shelter", "Cute")
     with session_scope(settings) as s:
-        s.add(Memory(id=EARLY_ID, tenant_id=tenant_id, user_id="alice", conversation_id="early", kind="raw",
-                     memory_value="The tandem bicycle needs new brake pads", status="activated",
-                     embedding=unit.tolist(), content_hash="early"))  # fmt: skip
+        s.add(
+            Memory(
+                id=EARLY_ID,
+                tenant_id=tenant_id,
+                user_id="alice",
+                conversation_id="early",
+                kind="raw",
+                memory_value="The tandem bicycle needs new brake pads",
+                status="activated",
+                embedding=unit.tolist(),
+                content_hash="early",
+            )
+        )
 
-    done = subprocess.run(cli("--model", fake_model, "--batch-size", "50", "--window", "2"), env=env,
-                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    done = subprocess.run(
+        cli("--model", fake_model, "--batch-size", "50", "--window", "2"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["status"] == "done" and summary["resumed"] is True, summary
@@ -272,12 +340,16 @@ def test_reembed_killed_half_way_resumes_switches_every_process_and_rolls_back(
     # Back to the local model through the task a scheduler triggers: the previous vectors come back as they were,
     # only rows written since the swap need MiniLM.
     with session_scope(settings) as s:
-        since_swap = sum(int(s.execute(text(f"SELECT count(*) FROM {t} WHERE embedding_prev IS NULL")).scalar_one())
-                         for t in ("memories", "preferences"))  # fmt: skip
-    celery_app.send_task("memos.chunker.reembed_all", args=[{"v": 1, "model": "local", "batch_size": 200,
-                                                              "window": 2}])  # fmt: skip
-    back = wait_for(lambda: reembed_job(settings, status="done") if active(settings).spec == LOCAL else None,
-                    "the swap back to the local model", timeout=300)  # fmt: skip
+        since_swap = sum(
+            int(s.execute(text(f"SELECT count(*) FROM {t} WHERE embedding_prev IS NULL")).scalar_one())
+            for t in ("memories", "preferences")
+        )
+    celery_app.send_task("memos.chunker.reembed_all", args=[{"v": 1, "model": "local", "batch_size": 200, "window": 2}])
+    back = wait_for(
+        lambda: reembed_job(settings, status="done") if active(settings).spec == LOCAL else None,
+        "the swap back to the local model",
+        timeout=300,
+    )
     assert back.result is not None and back.result["model"] == LOCAL
     assert back.result["embedded"] == since_swap >= 2 and back.result["reused"] >= N + 4, back.result
     assert wrong_width(settings, 384) == {"memories": 0, "preferences": 0}
@@ -296,22 +368,41 @@ def test_stop_status_and_abort(workers: Settings, celery_app: Celery, fake_model
     before = active(settings)
     again = subprocess.run(cli("--model", "local"), env=env, capture_output=True, text=True, timeout=60, check=False)
     assert again.returncode == 0 and json.loads(again.stdout)["status"] == "already_active", again.stderr[-3000:]
-    stopped = subprocess.run(cli("--model", fake_model, "--batch-size", "100", "--stop-after", "1"), env=env,
-                             capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    stopped = subprocess.run(
+        cli("--model", fake_model, "--batch-size", "100", "--stop-after", "1"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     assert json.loads(stopped.stdout)["status"] == "stopped"
-    status = subprocess.run([sys.executable, "-m", "memos_pipeline.cli.reembed", "--status"], env=env,
-                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    status = subprocess.run(
+        [sys.executable, "-m", "cli.reembed", "--status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     state = json.loads(status.stdout)
     assert (state["status"], state["batches_done"], state["spec"]) == ("building", 1, fake_model)
     assert (state["models"][0]["model"], state["models"][0]["status"]) == (fake_model, "building")  # newest first
     assert columns(settings)["memories", "embedding_next"] == DIMS
     other_model = fake_model.replace("fake-bow", "fake-other")
-    other = subprocess.run(cli("--model", other_model), env=env, capture_output=True, text=True, timeout=60,
-                           check=False)  # fmt: skip
+    other = subprocess.run(
+        cli("--model", other_model), env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert other.returncode == 1 and "unfinished reembed" in other.stderr  # one job at a time
-    aborted = subprocess.run([sys.executable, "-m", "memos_pipeline.cli.reembed", "--abort"], env=env,
-                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    aborted = subprocess.run(
+        [sys.executable, "-m", "cli.reembed", "--abort"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert aborted.returncode == 0 and "aborted job" in aborted.stdout, aborted.stderr[-3000:]
     assert ("memories", "embedding_next") not in columns(settings)
     assert active(settings) == before and reembed.Checkpoint(settings).load().status == "aborted"  # type: ignore[union-attr]

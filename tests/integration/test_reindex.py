@@ -22,16 +22,17 @@ import pytest
 from celery import Celery
 from sqlalchemy import func, select, update
 
+from cli.stack import settings_env
 from evaluation.reindex_bench import insert_memories
-from memos_pipeline import reindex, store
-from memos_pipeline.bm25 import Bm25Query, Generations
-from memos_pipeline.bm25.tantivy_index import TantivyIndex, gen_path, read_pointer
 from memos_pipeline.celery_app import make_celery
-from memos_pipeline.cli.stack import settings_env
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
-from memos_pipeline.models import Memory
-from memos_pipeline.tokenizer import tokenize
+from memos_pipeline.jobs import reindex
+from memos_pipeline.storage import store
+from memos_pipeline.storage.bm25 import Bm25Query, Generations
+from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex, gen_path, read_pointer
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import Memory
+from memos_pipeline.text.tokenizer import tokenize
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,7 @@ def _forget_checkpoints(settings: Settings) -> None:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "memos_pipeline.cli.reindex", "--json", *args]
+    return [sys.executable, "-m", "cli.reindex", "--json", *args]
 
 
 def rows_in_postgres(settings: Settings, tenant_id: uuid.UUID | None = None) -> int:
@@ -81,9 +82,23 @@ def add_memory(settings: Settings, tenant_id: uuid.UUID, user_id: str, text: str
     vec[7] = 1.0
     memory_id = uuid.uuid4()
     with session_scope(settings) as s:
-        s.add(Memory(id=memory_id, tenant_id=tenant_id, user_id=user_id, conversation_id="rx", kind="fact",
-                     memory_key="fact", memory_value=text, memory_type="UserMemory", status="activated", sources=[],
-                     info={}, embedding=vec.tolist(), content_hash=store.content_hash(text)))  # fmt: skip
+        s.add(
+            Memory(
+                id=memory_id,
+                tenant_id=tenant_id,
+                user_id=user_id,
+                conversation_id="rx",
+                kind="fact",
+                memory_key="fact",
+                memory_value=text,
+                memory_type="UserMemory",
+                status="activated",
+                sources=[],
+                info={},
+                embedding=vec.tolist(),
+                content_hash=store.content_hash(text),
+            )
+        )
     return memory_id
 
 
@@ -97,8 +112,9 @@ def index_live(app: Celery, *memory_ids: uuid.UUID) -> None:
         result.forget()
 
 
-def current_job(settings: Settings, *, batches_done: int = 0, tenant_id: uuid.UUID | None = None,
-                status: str | None = None) -> reindex.Job | None:  # fmt: skip
+def current_job(
+    settings: Settings, *, batches_done: int = 0, tenant_id: uuid.UUID | None = None, status: str | None = None
+) -> reindex.Job | None:
     """The checkpointed job once it matches (planned, enough batches done, scope, status), else None."""
     cp = reindex.Checkpoint(settings)
     job = cp.load()
@@ -142,8 +158,14 @@ class Searches(threading.Thread):
             time.sleep(0.005)
 
     def _worker_search(self) -> None:
-        job = {"v": 1, "tenant_id": str(self.tenant_id), "user_id": "marker", "query": "zanzibar lighthouse",
-               "channels": ["bm25"], "include_preference": False}  # fmt: skip
+        job = {
+            "v": 1,
+            "tenant_id": str(self.tenant_id),
+            "user_id": "marker",
+            "query": "zanzibar lighthouse",
+            "channels": ["bm25"],
+            "include_preference": False,
+        }
         result = self.app.send_task("memos.search.fast", args=[job], ignore_result=False)
         try:
             out = result.get(timeout=30)
@@ -169,8 +191,9 @@ def test_reindex_killed_half_way_resumes_from_its_checkpoint(
     searches = Searches(settings, celery_app, tenant_id, marker)
     searches.start()
     env = settings_env(settings)
-    proc = subprocess.Popen(cli("--batch-size", "100", "--window", "2"), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        cli("--batch-size", "100", "--window", "2"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         job = wait_for(lambda: current_job(settings, batches_done=8), "8 checkpointed batches")
         proc.send_signal(signal.SIGKILL)
@@ -192,8 +215,9 @@ def test_reindex_killed_half_way_resumes_from_its_checkpoint(
     unindexed = add_memory(settings, tenant_id, "user0", "a quokka selfie on rottnest island")
     assert not ids(reader, tenant_id, "user0", "quokka")
 
-    done = subprocess.run(cli("--batch-size", "100", "--window", "2"), env=env, capture_output=True, text=True,
-                          timeout=300, check=False)  # fmt: skip
+    done = subprocess.run(
+        cli("--batch-size", "100", "--window", "2"), env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     searches.halt.set()
     searches.join(timeout=30)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -236,19 +260,32 @@ def test_tenant_reindex_stops_after_n_batches_and_keeps_other_tenants(workers: S
     insert_memories(settings, tenant_id, 500)
     env = settings_env(settings)
 
-    first = subprocess.run(cli("--tenant", name, "--batch-size", "100", "--stop-after", "2"), env=env,
-                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    first = subprocess.run(
+        cli("--tenant", name, "--batch-size", "100", "--stop-after", "2"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert first.returncode == 3, first.stderr[-3000:]
     stopped = json.loads(first.stdout)
     assert (stopped["status"], stopped["batches_this_run"], stopped["batches"]) == ("stopped", 2, 5)
     assert stopped["tenant_id"] == str(tenant_id)
 
-    other_scope = subprocess.run(cli("--batch-size", "100"), env=env, capture_output=True, text=True, timeout=120,
-                                 check=False)  # fmt: skip
+    other_scope = subprocess.run(
+        cli("--batch-size", "100"), env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert other_scope.returncode == 1 and "unfinished re-index" in other_scope.stderr  # one job at a time
 
-    second = subprocess.run(cli("--tenant", str(tenant_id), "--batch-size", "100"), env=env, capture_output=True,
-                            text=True, timeout=300, check=False)  # fmt: skip
+    second = subprocess.run(
+        cli("--tenant", str(tenant_id), "--batch-size", "100"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(second.stdout)
     assert summary["resumed_from"] == 2 and summary["batches_this_run"] == 3
@@ -265,17 +302,35 @@ def test_status_and_abort(workers: Settings, celery_app: Celery) -> None:
         tenant_id, _ = store.create_api_key(s, f"rx-abort-{uuid.uuid4().hex[:8]}")
     insert_memories(settings, tenant_id, 120)
     current = read_pointer(settings.bm25_dir).current
-    stopped = subprocess.run(cli("--tenant", str(tenant_id), "--batch-size", "50", "--stop-after", "1"), env=env,
-                             capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    stopped = subprocess.run(
+        cli("--tenant", str(tenant_id), "--batch-size", "50", "--stop-after", "1"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     gen = json.loads(stopped.stdout)["generation"]
-    status = subprocess.run([sys.executable, "-m", "memos_pipeline.cli.reindex", "--status"], env=env,
-                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    status = subprocess.run(
+        [sys.executable, "-m", "cli.reindex", "--status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     state = json.loads(status.stdout)
     assert (state["status"], state["batches_done"], state["generation"]) == ("building", 1, gen)
     assert read_pointer(settings.bm25_dir) == Generations(current, gen)
-    aborted = subprocess.run([sys.executable, "-m", "memos_pipeline.cli.reindex", "--abort"], env=env,
-                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    aborted = subprocess.run(
+        [sys.executable, "-m", "cli.reindex", "--abort"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert aborted.returncode == 0 and f"generation {gen} dropped" in aborted.stdout, aborted.stderr[-3000:]
     assert read_pointer(settings.bm25_dir) == Generations(current, None)
     assert not gen_path(settings.bm25_dir, gen).exists()
@@ -288,8 +343,9 @@ def test_reindex_all_task_runs_to_the_swap_on_its_own(workers: Settings, celery_
     with session_scope(settings) as s:
         tenant_id, _ = store.create_api_key(s, f"rx-beat-{uuid.uuid4().hex[:8]}")
     insert_memories(settings, tenant_id, 300)
-    celery_app.send_task("memos.indexer.reindex_all", args=[{"v": 1, "tenant": str(tenant_id), "batch_size": 40,
-                                                              "window": 2}])  # fmt: skip
+    celery_app.send_task(
+        "memos.indexer.reindex_all", args=[{"v": 1, "tenant": str(tenant_id), "batch_size": 40, "window": 2}]
+    )
     job = wait_for(lambda: current_job(settings, tenant_id=tenant_id, status="done"), "the swap")
     assert job.result is not None
     assert job.result["docs"] == job.result["pg_rows"] == 300 and job.result["batches"] == 8

@@ -25,9 +25,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
 from api.meta import openapi_spec
-from memos_pipeline import store
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,14 @@ MAX_EXAMPLES = int(os.environ.get("MEMOS_SCHEMATHESIS_EXAMPLES", "40"))
 # schemathesis 4.32's lazy, fixture-based loader breaks on pytest 9.2: it sets Node._nodeid, which 9.2 removed.)
 schema = schemathesis.openapi.from_dict(
     openapi_spec(),
-    config=schemathesis.Config.from_dict({
-        # database "none": no .hypothesis/ directory in the repository; every run generates afresh.
-        "generation": {"max-examples": MAX_EXAMPLES, "database": "none"},
-        "request-timeout": 60,
-    }),
-)  # fmt: skip
+    config=schemathesis.Config.from_dict(
+        {
+            # database "none": no .hypothesis/ directory in the repository; every run generates afresh.
+            "generation": {"max-examples": MAX_EXAMPLES, "database": "none"},
+            "request-timeout": 60,
+        }
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,9 @@ def test_the_server_serves_this_document(live_api: tuple[str, dict[str, str]]) -
 def test_no_server_errors(case: schemathesis.Case, live_api: tuple[str, dict[str, str]]) -> None:
     """No 5xx for any generated request; and every status and content type is one the document declares."""
     base, auth = live_api
-    case.call_and_validate(base_url=base, headers=auth,
-                           checks=[not_a_server_error, status_code_conformance, content_type_conformance])  # fmt: skip
+    case.call_and_validate(
+        base_url=base, headers=auth, checks=[not_a_server_error, status_code_conformance, content_type_conformance]
+    )
 
 
 def test_the_document_covers_every_route(app: Flask) -> None:

@@ -26,11 +26,11 @@ from fake_reranker import FakeReranker, relevance
 from flask import Flask
 from flask.testing import FlaskClient
 
-from memos_pipeline import store
-from memos_pipeline.chunking import turn_texts
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
-from memos_pipeline.rerank import mixture_cache_key
+from memos_pipeline.search.rerank import mixture_cache_key
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.text.chunking import turn_texts
 
 pytestmark = pytest.mark.integration
 
@@ -74,10 +74,14 @@ def reranker() -> Iterator[FakeReranker]:
 @pytest.fixture(scope="module")
 def cfg(settings: Settings, reranker: FakeReranker, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings.with_overrides(
-        queue_prefix=f"mix{uuid.uuid4().hex[:8]}.", bm25_path=Path(tmp_path_factory.mktemp("bm25-mix")),
-        mos_reranker_backend="http_bge_strategy", mos_reranker_url=reranker.url("/rerank"),
-        mos_reranker_strategy="single_turn", mixture_deadline_ms=DEADLINE_MS, search_mode="fast",
-    )  # fmt: skip
+        queue_prefix=f"mix{uuid.uuid4().hex[:8]}.",
+        bm25_path=Path(tmp_path_factory.mktemp("bm25-mix")),
+        mos_reranker_backend="http_bge_strategy",
+        mos_reranker_url=reranker.url("/rerank"),
+        mos_reranker_strategy="single_turn",
+        mixture_deadline_ms=DEADLINE_MS,
+        search_mode="fast",
+    )
 
 
 def _delete_topology(cfg: Settings) -> None:
@@ -99,7 +103,7 @@ def _delete_topology(cfg: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def stack(cfg: Settings) -> Iterator[Settings]:
-    from memos_pipeline.cli.stack import CORE_QUEUES, Stack
+    from cli.stack import CORE_QUEUES, Stack
 
     assert "reranker" in CORE_QUEUES
     st = Stack(cfg, api=False, quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1")
@@ -140,10 +144,15 @@ def corpus(api: FlaskClient, mix_tenant: tuple[uuid.UUID, dict[str, str]]) -> di
     convs = {"conv-a": A_TURNS, "conv-b": B_TURNS} | {f"conv-d{i}": t for i, t in enumerate(DISTRACTORS)}
     ids: dict[str, str] = {}
     for conv, turns in convs.items():
-        msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t, "id": f"{conv}-{i}"}
-                for i, t in enumerate(turns)]  # fmt: skip
-        resp = api.post("/add/message", headers=auth, json={"user_id": USER, "conversation_id": conv,
-                                                             "messages": msgs, "async_mode": "sync"})  # fmt: skip
+        msgs = [
+            {"role": "user" if i % 2 == 0 else "assistant", "content": t, "id": f"{conv}-{i}"}
+            for i, t in enumerate(turns)
+        ]
+        resp = api.post(
+            "/add/message",
+            headers=auth,
+            json={"user_id": USER, "conversation_id": conv, "messages": msgs, "async_mode": "sync"},
+        )
         assert resp.status_code == 200, resp.get_data(as_text=True)
         data = resp.get_json()["data"]
         assert data["status"] == "done", data
@@ -336,9 +345,17 @@ def test_mixture_with_the_reranker_down_answers_fast(
     """A broken fine path must not break mixture: it answers with the fast results (fine_arrived false)."""
     fast = _search(api, mix_tenant[1], mode="fast")
     reranker.configure(status=503)
-    resp = api.post("/search/memory", headers=mix_tenant[1],
-                    json={"user_id": USER, "query": QUERY, "top_k": 5, "mode": "mixture",
-                          "conversation_id": f"mix-down-{uuid.uuid4().hex[:6]}"})  # fmt: skip
+    resp = api.post(
+        "/search/memory",
+        headers=mix_tenant[1],
+        json={
+            "user_id": USER,
+            "query": QUERY,
+            "top_k": 5,
+            "mode": "mixture",
+            "conversation_id": f"mix-down-{uuid.uuid4().hex[:6]}",
+        },
+    )
     assert resp.status_code == 200, resp.get_data(as_text=True)
     data = resp.get_json()["data"]
     assert data["search"]["fine_arrived"] is False

@@ -26,11 +26,11 @@ import requests
 from live_api import run_api
 from llm_fixtures import FakeLLM, start_fake_llm
 
-from memos_pipeline import store
+from cli.stack import settings_env, worker_command
 from memos_pipeline.celery_app import declared_queues, make_celery
-from memos_pipeline.cli.stack import settings_env, worker_command
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +64,14 @@ def make_secrets(settings: Settings) -> Secrets:
     # Not shaped like any pattern the filter knows (no sk-, mp_, Token ...): only the known-value rule can catch
     # these, so the test proves the API and workers learnt them from their settings and environment.
     return Secrets(
-        api_key=api_key, unknown_key="mp_" + secrets.token_urlsafe(32), llm_key="llmkey" + secrets.token_hex(12),
-        db_password="dbpw" + secrets.token_hex(10), redis_password="rdpw" + secrets.token_hex(10),
-        llm_url_password="urlpw" + secrets.token_hex(10), flower_password="flpw" + secrets.token_hex(10),
-    )  # fmt: skip
+        api_key=api_key,
+        unknown_key="mp_" + secrets.token_urlsafe(32),
+        llm_key="llmkey" + secrets.token_hex(12),
+        db_password="dbpw" + secrets.token_hex(10),
+        redis_password="rdpw" + secrets.token_hex(10),
+        llm_url_password="urlpw" + secrets.token_hex(10),
+        flower_password="flpw" + secrets.token_hex(10),
+    )
 
 
 @contextmanager
@@ -79,11 +83,17 @@ def deployment(settings: Settings, sec: Secrets, llm: FakeLLM, tmp: Path) -> Ite
     cfg = settings.with_overrides(
         database_url=_with_password(settings.database_url, "postgres", sec.db_password),
         redis_url=_with_password(settings.redis_url, "default", sec.redis_password),
-        llm_base_url=f"http://llmuser:{sec.llm_url_password}@{host}", llm_api_key=sec.llm_key,
-        llm_model="fake-model", llm_timeout_s=2.0, llm_max_retries=0, task_max_retries=0,
-        queue_prefix=f"secrets{uuid.uuid4().hex[:8]}.", bm25_path=tmp / "bm25", log_level="DEBUG",
+        llm_base_url=f"http://llmuser:{sec.llm_url_password}@{host}",
+        llm_api_key=sec.llm_key,
+        llm_model="fake-model",
+        llm_timeout_s=2.0,
+        llm_max_retries=0,
+        task_max_retries=0,
+        queue_prefix=f"secrets{uuid.uuid4().hex[:8]}.",
+        bm25_path=tmp / "bm25",
+        log_level="DEBUG",
         flower_password=sec.flower_password,
-    )  # fmt: skip
+    )
     # As `memos-pipeline flower` passes it on: MEMOS_FLOWER_PASSWORD (settings) and FLOWER_BASIC_AUTH (Flower's own).
     flower = {"FLOWER_BASIC_AUTH": f"admin:{sec.flower_password}"}
     env = {**settings_env(cfg), **flower}
@@ -91,8 +101,7 @@ def deployment(settings: Settings, sec: Secrets, llm: FakeLLM, tmp: Path) -> Ite
     try:
         for q in WORKER_QUEUES:
             with (tmp / f"worker-{q}.log").open("wb") as out:
-                workers.append(subprocess.Popen(worker_command(q, cfg), env=env, stdout=out,
-                                                stderr=subprocess.STDOUT))  # fmt: skip
+                workers.append(subprocess.Popen(worker_command(q, cfg), env=env, stdout=out, stderr=subprocess.STDOUT))
         _wait_consumers(cfg, WORKER_QUEUES, workers)
         with run_api(cfg, log=tmp / "api.log", extra_env=flower) as base:
             yield base
@@ -146,8 +155,7 @@ def test_no_secret_in_any_log(settings: Settings, tmp_path: Path) -> None:
         # The LLM refuses the key (401: not transient, the stage fails at once) on every call.
         llm.script(defaults={"facts": {"status": 401}, "preferences": {"status": 401}})
         good = f"Token {sec.api_key}"
-        add = {"user_id": "u1", "conversation_id": "c1",
-               "messages": [{"role": "user", "content": "I moved to Lisbon"}]}  # fmt: skip
+        add = {"user_id": "u1", "conversation_id": "c1", "messages": [{"role": "user", "content": "I moved to Lisbon"}]}
         accepted = _post(base, "/add/message", good, add)
         assert accepted.status_code == 202, accepted.text
         # Bad credentials in every shape a client might send them: each is refused, none is logged.

@@ -20,12 +20,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from memos_pipeline import pipeline, store
-from memos_pipeline.bm25.tantivy_index import TantivyIndex
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
-from memos_pipeline.retrieval import fast_search
 from memos_pipeline.schemas import AddRequest, SearchJob
+from memos_pipeline.search.recall import fast_search
+from memos_pipeline.stages import chunk as pipeline
+from memos_pipeline.storage import store
+from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex
+from memos_pipeline.storage.db import session_scope
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +65,14 @@ def world(settings: Settings, index: TantivyIndex) -> Iterator[World]:
             tenant_id, key = store.create_api_key(s, f"iso-{uuid.uuid4().hex[:8]}-{t}")
         w.keys[tenant_id], w.memories[tenant_id], w.tasks[tenant_id] = key, set(), []
         for user in USERS:
-            req = AddRequest(user_id=user, conversation_id="c", messages=[
-                {"role": "user", "content": f"secret of tenant {t} user {user}: the vault code is {t}{user}"},
-                {"role": "assistant", "content": "noted"}])  # fmt: skip
+            req = AddRequest(
+                user_id=user,
+                conversation_id="c",
+                messages=[
+                    {"role": "user", "content": f"secret of tenant {t} user {user}: the vault code is {t}{user}"},
+                    {"role": "assistant", "content": "noted"},
+                ],
+            )
             stages = store.initial_stages(llm=False, scheduler=False, preference=False)
             with session_scope(settings) as s:
                 acc = store.accept_ingest(
@@ -80,17 +86,22 @@ def world(settings: Settings, index: TantivyIndex) -> Iterator[World]:
     yield w
 
 
-user_ids = st.one_of(st.sampled_from(USERS + INJECTIONS), st.text(min_size=1, max_size=20).filter(
-    lambda x: x.strip() and x.isprintable()))  # fmt: skip
-queries = st.one_of(st.sampled_from(["vault code", "secret", "tenant", *INJECTIONS]), st.text(min_size=1, max_size=40).filter(
-    lambda x: x.strip() and x.isprintable()))  # fmt: skip
+user_ids = st.one_of(
+    st.sampled_from(USERS + INJECTIONS),
+    st.text(min_size=1, max_size=20).filter(lambda x: x.strip() and x.isprintable()),
+)
+queries = st.one_of(
+    st.sampled_from(["vault code", "secret", "tenant", *INJECTIONS]),
+    st.text(min_size=1, max_size=40).filter(lambda x: x.strip() and x.isprintable()),
+)
 SETTINGS = hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @SETTINGS
 @given(asker=st.integers(0, 3), user=user_ids, query=queries)
-def test_search_never_crosses_tenants(settings: Settings, world: World, index: TantivyIndex, asker: int, user: str,
-                                      query: str) -> None:  # fmt: skip
+def test_search_never_crosses_tenants(
+    settings: Settings, world: World, index: TantivyIndex, asker: int, user: str, query: str
+) -> None:
     tenant_id = list(world.keys)[asker]
     job = SearchJob(tenant_id=tenant_id, user_id=user, query=query, top_k=50)
     with session_scope(settings) as s:
@@ -101,8 +112,9 @@ def test_search_never_crosses_tenants(settings: Settings, world: World, index: T
 
 @SETTINGS
 @given(asker=st.integers(0, 3), owner=st.integers(0, 3), user=user_ids)
-def test_api_reads_status_and_deletes_never_cross_tenants(client: FlaskClient, world: World, asker: int, owner: int,
-                                                          user: str) -> None:  # fmt: skip
+def test_api_reads_status_and_deletes_never_cross_tenants(
+    client: FlaskClient, world: World, asker: int, owner: int, user: str
+) -> None:
     tenants = list(world.keys)
     me, them = tenants[asker], tenants[owner]
     auth = {"Authorization": f"Token {world.keys[me]}"}

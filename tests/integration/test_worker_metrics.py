@@ -25,7 +25,8 @@ from kombu import Connection
 from llm_fixtures import FakeLLM, start_fake_llm
 from prometheus_client.parser import text_string_to_metric_families
 
-from memos_pipeline import demo, store
+from cli import demo
+from cli.stack import Stack
 from memos_pipeline.celery_app import (
     QUEUES,
     STAGE_TASKS,
@@ -34,9 +35,9 @@ from memos_pipeline.celery_app import (
     exchange,
     make_celery,
 )
-from memos_pipeline.cli.stack import Stack
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
 from workers.metrics import metrics_port
 
 pytestmark = pytest.mark.integration
@@ -74,14 +75,21 @@ def fake_llm() -> Iterator[FakeLLM]:
 @pytest.fixture(scope="module")
 def metered(settings: Settings, fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     cfg = settings.with_overrides(
-        queue_prefix=f"metrics{uuid.uuid4().hex[:8]}.", bm25_path=tmp_path_factory.mktemp("bm25-metrics"),
+        queue_prefix=f"metrics{uuid.uuid4().hex[:8]}.",
+        bm25_path=tmp_path_factory.mktemp("bm25-metrics"),
         worker_metrics_port=_free_base(),
         # One HTTP call per task attempt: an LLM 500 becomes a Celery retry of the task, which is what we count.
-        llm_base_url=fake_llm.base_url, llm_model="fake-model", llm_api_key="test", llm_max_retries=0,
-        llm_timeout_s=5.0, enable_preference_memory=False, memory_adder_mode="fast",
-    )  # fmt: skip
-    stack = Stack(cfg, queues=WORKER_QUEUES, api=False, relay=False,
-                  quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1")  # fmt: skip
+        llm_base_url=fake_llm.base_url,
+        llm_model="fake-model",
+        llm_api_key="test",
+        llm_max_retries=0,
+        llm_timeout_s=5.0,
+        enable_preference_memory=False,
+        memory_adder_mode="fast",
+    )
+    stack = Stack(
+        cfg, queues=WORKER_QUEUES, api=False, relay=False, quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1"
+    )
     stack.start()
     try:
         stack.wait_ready(timeout=180)

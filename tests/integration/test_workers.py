@@ -14,15 +14,15 @@ from celery import Celery
 from kombu import Connection
 from sqlalchemy import update
 
-from memos_pipeline import deadletter
-from memos_pipeline.bm25 import Bm25Query
-from memos_pipeline.bm25.tantivy_index import TantivyIndex
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
-from memos_pipeline.db import session_scope
-from memos_pipeline.models import Memory
-from memos_pipeline.store import content_hash
-from memos_pipeline.tokenizer import analyzed, tokenize
+from memos_pipeline.ingest import deadletter
+from memos_pipeline.storage.bm25 import Bm25Query
+from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import Memory
+from memos_pipeline.storage.store import content_hash
+from memos_pipeline.text.tokenizer import analyzed, tokenize
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +59,23 @@ def insert_memory(settings: Settings, tenant_id: uuid.UUID, user_id: str, text: 
     vec[0] = 1.0
     memory_id = uuid.uuid4()
     with session_scope(settings) as s:
-        s.add(Memory(id=memory_id, tenant_id=tenant_id, user_id=user_id, conversation_id="w", kind="fact",
-                     memory_key="fact", memory_value=text, memory_type="UserMemory", status="activated",
-                     sources=[], info={}, embedding=vec.tolist(), content_hash=content_hash(text)))  # fmt: skip
+        s.add(
+            Memory(
+                id=memory_id,
+                tenant_id=tenant_id,
+                user_id=user_id,
+                conversation_id="w",
+                kind="fact",
+                memory_key="fact",
+                memory_value=text,
+                memory_type="UserMemory",
+                status="activated",
+                sources=[],
+                info={},
+                embedding=vec.tolist(),
+                content_hash=content_hash(text),
+            )
+        )
     return memory_id
 
 

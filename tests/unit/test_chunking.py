@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from memos_pipeline.chunking import Turn, Window, render_turn, render_window, turn_texts, window_turns
+from memos_pipeline.text.chunking import Turn, Window, render_turn, render_window, turn_texts, window_turns
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memos_pipeline.context import Candidate, Result, is_whole, pack
+from memos_pipeline.search.context import Candidate, Result, is_whole, pack
 
 pytestmark = pytest.mark.unit
 

@@ -124,8 +124,11 @@ def test_app_services_share_env_and_reach_services_by_name(services: dict[str, d
         env_file = svc.get("env_file")
         assert env_file in (".env", [".env"]), f"{name}: env_file {env_file!r}"
         env = environment(svc)
-        for var, scheme in (("MEMOS_DATABASE_URL", "postgresql"), ("MEMOS_BROKER_URL", "amqp"),
-                            ("MEMOS_REDIS_URL", "redis")):  # fmt: skip
+        for var, scheme in (
+            ("MEMOS_DATABASE_URL", "postgresql"),
+            ("MEMOS_BROKER_URL", "amqp"),
+            ("MEMOS_REDIS_URL", "redis"),
+        ):
             url = urlsplit(env[var])
             assert url.scheme == scheme, f"{name}: {var}={env[var]}"
             assert url.hostname in services, f"{name}: {var} points at {url.hostname}, not a compose service"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from memos_pipeline.bm25 import Bm25Doc, Bm25Query
-from memos_pipeline.bm25 import es_bodies as b
-from memos_pipeline.tokenizer import tokenize
+from memos_pipeline.storage.bm25 import Bm25Doc, Bm25Query
+from memos_pipeline.storage.bm25 import es_bodies as b
+from memos_pipeline.text.tokenizer import tokenize
 
 pytestmark = pytest.mark.unit
 
@@ -23,9 +23,13 @@ def roundtrip(body: object) -> object:
 
 @pytest.mark.parametrize(
     ("prefix", "base"),
-    [("", "memos-bm25"), ("test1a2b.", "memos-bm25-test1a2b"), ("Prod EU/1", "memos-bm25-prod-eu-1"),
-     ("..x..", "memos-bm25-x")],
-)  # fmt: skip
+    [
+        ("", "memos-bm25"),
+        ("test1a2b.", "memos-bm25-test1a2b"),
+        ("Prod EU/1", "memos-bm25-prod-eu-1"),
+        ("..x..", "memos-bm25-x"),
+    ],
+)
 def test_names_are_valid_index_names(prefix: str, base: str) -> None:
     names = b.EsNames.for_prefix(prefix)
     assert names.base == base
@@ -76,9 +80,12 @@ def test_template_covers_every_generation() -> None:
 def test_upsert_actions_are_routed_by_user_and_keyed_by_id() -> None:
     [action] = b.upsert_actions("alias-w", [DOC])
     assert action == {
-        "_op_type": "index", "_index": "alias-w", "_id": "m1", "_routing": "alice",
+        "_op_type": "index",
+        "_index": "alias-w",
+        "_id": "m1",
+        "_routing": "alice",
         "_source": {"tenant": "t1", "user": "alice", "conv": "conv-1", "kind": "fact", "text": "北京 flight lisbon"},
-    }  # fmt: skip
+    }
     assert set(action["_source"]) == set(b.mappings()["properties"])  # strict mapping: exactly these fields
 
 
@@ -101,8 +108,12 @@ def test_search_scope_is_in_filter_context_and_text_alone_scores() -> None:
     assert isinstance(body, dict)
     boolq = body["query"]["bool"]
     assert set(boolq) == {"filter", "should", "minimum_should_match"}  # no "must": filters never score
-    assert boolq["filter"] == [{"term": {"tenant": "t1"}}, {"term": {"user": "alice"}}, {"term": {"conv": "conv-1"}},
-                               {"terms": {"kind": ["fact", "raw"]}}]  # fmt: skip
+    assert boolq["filter"] == [
+        {"term": {"tenant": "t1"}},
+        {"term": {"user": "alice"}},
+        {"term": {"conv": "conv-1"}},
+        {"terms": {"kind": ["fact", "raw"]}},
+    ]
     # Distinct tokens, one term clause each (like tantivy), so a repeated query word does not count twice.
     assert boolq["should"] == [{"term": {"text": "flight"}}, {"term": {"text": "lisbon"}}]
     assert boolq["minimum_should_match"] == 1

@@ -129,11 +129,18 @@ def test_latency_summary() -> None:
 
 
 def test_session_messages_keep_speaker_time_id_and_caption() -> None:
-    turns = [{"speaker": "Ann", "dia_id": "D1:1", "text": "Look!", "blip_caption": "a photo of a cat"},
-             {"speaker": "Bob", "dia_id": "D1:2", "text": "Cute\x02 cat"}]  # fmt: skip
+    turns = [
+        {"speaker": "Ann", "dia_id": "D1:1", "text": "Look!", "blip_caption": "a photo of a cat"},
+        {"speaker": "Bob", "dia_id": "D1:2", "text": "Cute\x02 cat"},
+    ]
     msgs = session_messages(turns, "1:56 pm on 8 May, 2023")
-    assert msgs[0] == {"role": "user", "name": "Ann", "content": "Look! [shares a photo: a photo of a cat]",
-                       "chat_time": "1:56 pm on 8 May, 2023", "id": "D1:1"}  # fmt: skip
+    assert msgs[0] == {
+        "role": "user",
+        "name": "Ann",
+        "content": "Look! [shares a photo: a photo of a cat]",
+        "chat_time": "1:56 pm on 8 May, 2023",
+        "id": "D1:1",
+    }
     assert msgs[1]["content"] == "Cute  cat" and msgs[1]["id"] == "D1:2"
     assert clean_text("a\tb\nc\x7f") == "a\tb\nc "
 

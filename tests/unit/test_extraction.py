@@ -12,10 +12,10 @@ import pytest
 from llm_fixtures import FakeLLM, answer, start_fake_llm
 from pydantic import ValidationError
 
-from memos_pipeline import extraction as ex
-from memos_pipeline.chunking import Turn
 from memos_pipeline.config import Settings
 from memos_pipeline.llm import LLMClient, LLMOutputError, Usage
+from memos_pipeline.stages import prompts as ex
+from memos_pipeline.text.chunking import Turn
 
 pytestmark = pytest.mark.unit
 
@@ -115,7 +115,9 @@ def test_fact_schema() -> None:
         ex.FactsOut.model_validate({"memories": [fact("v", ["m0"])] * 51})
 
 
-def prefs(explicit: list[dict[str, object]] | None = None, implicit: list[dict[str, object]] | None = None) -> ex.PreferencesOut:  # fmt: skip
+def prefs(
+    explicit: list[dict[str, object]] | None = None, implicit: list[dict[str, object]] | None = None
+) -> ex.PreferencesOut:
     return ex.PreferencesOut.model_validate(
         {"explicit_preferences": explicit or [], "implicit_preferences": implicit or []}
     )
@@ -188,8 +190,9 @@ def fake_llm() -> Iterator[FakeLLM]:
 @pytest.fixture
 def llm(fake_llm: FakeLLM) -> LLMClient:
     fake_llm.reset()
-    cfg = Settings(llm_base_url=fake_llm.base_url, llm_model="fake-model", llm_api_key="test", llm_timeout_s=1.0,
-                   llm_max_retries=2)  # fmt: skip
+    cfg = Settings(
+        llm_base_url=fake_llm.base_url, llm_model="fake-model", llm_api_key="test", llm_timeout_s=1.0, llm_max_retries=2
+    )
     return LLMClient(cfg)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memos_pipeline.cli.flower import FlowerConfigError, basic_auth, flower_command
+from cli.flower import FlowerConfigError, basic_auth, flower_command
 from memos_pipeline.config import Settings
 
 pytestmark = pytest.mark.unit

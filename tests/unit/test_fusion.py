@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from memos_pipeline.fusion import RRF_K, max_normalise, rrf, top, weighted
+from memos_pipeline.search.fusion import RRF_K, max_normalise, rrf, top, weighted
 
 pytestmark = pytest.mark.unit
 

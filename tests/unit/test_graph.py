@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from memos_pipeline.graph import EDGE_CAP, HUB_MIN_DF, build_edges, extract_entities, hub_limit, idf_weights
+from memos_pipeline.search.graph import EDGE_CAP, HUB_MIN_DF, build_edges, extract_entities, hub_limit, idf_weights
 
 WINDOW = """[1:56 pm on 8 May, 2023]
 Caroline: Hey Mel! Yeah, I went to the LGBTQ support group and read "Becoming Nicole" by Amy Ellis Nutt.

@@ -1,11 +1,11 @@
-"""Choosing the history turns that enrich a query (pure part of memos_pipeline.query)."""
+"""Choosing the history turns that enrich a query (pure part of memos_pipeline.search.query)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from memos_pipeline.query import pick_history
+from memos_pipeline.search.query import pick_history
 
 pytestmark = pytest.mark.unit
 

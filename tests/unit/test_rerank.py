@@ -1,4 +1,4 @@
-"""Rerankers (memos_pipeline.rerank): HTTP in both protocols against a real local rerank server process, the
+"""Rerankers (memos_pipeline.search.rerank): HTTP in both protocols against a real local rerank server process, the
 single_turn strategy, the local cosine reranker, and the helpers fine and mixture search are built from."""
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import pytest
 import requests
 from fake_reranker import FakeReranker, relevance
 
-from memos_pipeline.chunking import turn_texts
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import get_embedder
-from memos_pipeline.rerank import (
+from memos_pipeline.search.rerank import (
     CosineReranker,
     HttpReranker,
     SingleTurnReranker,
@@ -24,6 +23,7 @@ from memos_pipeline.rerank import (
     mixture_cache_key,
     rerank_items,
 )
+from memos_pipeline.text.chunking import turn_texts
 
 pytestmark = pytest.mark.unit
 
@@ -185,8 +185,11 @@ def cfg() -> Settings:
 
 def test_cosine_reranker_ranks_by_meaning(cfg: Settings) -> None:
     reranker = CosineReranker(cfg)
-    docs = ["The stock market fell sharply on Monday.", "Maria purchased a new bicycle last week.",
-            "My cat sleeps all day."]  # fmt: skip
+    docs = [
+        "The stock market fell sharply on Monday.",
+        "Maria purchased a new bicycle last week.",
+        "My cat sleeps all day.",
+    ]
     got = reranker.scores("What did Maria buy?", docs)
     assert len(got) == 3 and all(-1.0 <= s <= 1.0 for s in got)
     assert int(np.argmax(got)) == 1  # no word in common with "bike" needed: a bi-encoder knows bicycle ~ buy
@@ -203,22 +206,38 @@ def test_build_reranker_per_backend(cfg: Settings) -> None:
     assert isinstance(build_reranker(_settings(mos_reranker_backend="cosine_local")), CosineReranker)
     plain = build_reranker(_settings(mos_reranker_backend="http_bge", mos_reranker_url="http://h/v1/rerank"))
     assert isinstance(plain, HttpReranker) and plain.url == "http://h/v1/rerank"
-    strat = build_reranker(_settings(mos_reranker_backend="http_bge_strategy", mos_reranker_url="http://h/rerank",
-                                     mos_reranker_strategy="single_turn"))  # fmt: skip
+    strat = build_reranker(
+        _settings(
+            mos_reranker_backend="http_bge_strategy",
+            mos_reranker_url="http://h/rerank",
+            mos_reranker_strategy="single_turn",
+        )
+    )
     assert isinstance(strat, SingleTurnReranker) and isinstance(strat.inner, HttpReranker)
     with pytest.raises(ValueError, match="MOS_RERANKER_URL"):
         build_reranker(_settings(mos_reranker_backend="http_bge"))
     with pytest.raises(ValueError, match="MOS_RERANKER_STRATEGY"):
-        build_reranker(_settings(mos_reranker_backend="http_bge_strategy", mos_reranker_url="http://h/rerank",
-                                 mos_reranker_strategy="whole_window"))  # fmt: skip
+        build_reranker(
+            _settings(
+                mos_reranker_backend="http_bge_strategy",
+                mos_reranker_url="http://h/rerank",
+                mos_reranker_strategy="whole_window",
+            )
+        )
 
 
 # ---------------------------------------------------------------- rerank_items
 
 
 def _item(i: int, value: str, kind: str = "raw", rel: float | None = None) -> dict[str, Any]:
-    return {"id": f"m{i}", "memory_key": f"key{i}", "memory_value": value, "kind": kind, "sources": [f"s{i}"],
-            "relativity": rel if rel is not None else round(1.0 - i / 10, 6)}  # fmt: skip
+    return {
+        "id": f"m{i}",
+        "memory_key": f"key{i}",
+        "memory_value": value,
+        "kind": kind,
+        "sources": [f"s{i}"],
+        "relativity": rel if rel is not None else round(1.0 - i / 10, 6),
+    }
 
 
 def test_rerank_items_orders_by_score_and_sets_relativity() -> None:
@@ -274,8 +293,11 @@ def test_merge_fine_first_then_the_fast_rest() -> None:
 
 def test_mixture_cache_key_partitions_by_tenant_user_conversation() -> None:
     keys = {
-        mixture_cache_key("t1", "u1", "c1"), mixture_cache_key("t2", "u1", "c1"),
-        mixture_cache_key("t1", "u2", "c1"), mixture_cache_key("t1", "u1", "c2"), mixture_cache_key("t1", "u1", None),
-    }  # fmt: skip
+        mixture_cache_key("t1", "u1", "c1"),
+        mixture_cache_key("t2", "u1", "c1"),
+        mixture_cache_key("t1", "u2", "c1"),
+        mixture_cache_key("t1", "u1", "c2"),
+        mixture_cache_key("t1", "u1", None),
+    }
     assert len(keys) == 5
     assert mixture_cache_key("t1", "u1", "c1") == mixture_cache_key("t1", "u1", "c1")  # stable across processes

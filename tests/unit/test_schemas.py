@@ -151,17 +151,28 @@ def test_search_defaults() -> None:
 
 def test_search_cloud_aliases() -> None:
     req = SearchRequest.model_validate(
-        {"user_id": "u", "query": "q", "memory_limit_number": 3, "preference_limit_number": 2,
-         "include_preference": False}
-    )  # fmt: skip
+        {
+            "user_id": "u",
+            "query": "q",
+            "memory_limit_number": 3,
+            "preference_limit_number": 2,
+            "include_preference": False,
+        }
+    )
     assert (req.top_k, req.pref_top_k, req.include_preference) == (3, 2, False)
 
 
 def test_search_native_names_win_over_aliases() -> None:
     req = SearchRequest.model_validate(
-        {"user_id": "u", "query": "q", "top_k": 7, "memory_limit_number": 3, "pref_top_k": 1,
-         "preference_limit_number": 4}
-    )  # fmt: skip
+        {
+            "user_id": "u",
+            "query": "q",
+            "top_k": 7,
+            "memory_limit_number": 3,
+            "pref_top_k": 1,
+            "preference_limit_number": 4,
+        }
+    )
     assert (req.top_k, req.pref_top_k) == (7, 1)
 
 
@@ -211,7 +222,11 @@ def test_index_job_payload_is_strict() -> None:
     iid = uuid.uuid4()
     job = IndexJob.model_validate({"v": 1, "memory_ids": [str(iid)]})
     assert (job.memory_ids, job.ingest_id) == ([iid], None)
-    for bad in ({"v": 1, "ingest_id": "not-a-uuid"}, {"v": 2, "ingest_id": str(iid)},
-                {"v": 1, "ingest_id": str(iid), "extra": True}, {"v": 1, "memory_ids": ["x"]}):  # fmt: skip
+    for bad in (
+        {"v": 1, "ingest_id": "not-a-uuid"},
+        {"v": 2, "ingest_id": str(iid)},
+        {"v": 1, "ingest_id": str(iid), "extra": True},
+        {"v": 1, "memory_ids": ["x"]},
+    ):
         with pytest.raises(ValidationError):
             IndexJob.model_validate(bad)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from memos_pipeline.demo import MESSAGES, QUERY
-from memos_pipeline.tokenizer import CHINESE_STOPWORDS, ENGLISH_STOPWORDS, analyzed, tokenize
+from cli.demo import MESSAGES, QUERY
+from memos_pipeline.text.tokenizer import CHINESE_STOPWORDS, ENGLISH_STOPWORDS, analyzed, tokenize
 
 pytestmark = pytest.mark.unit
 

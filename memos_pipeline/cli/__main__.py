@@ -1,3 +1,0 @@
-from memos_pipeline.cli import main
-
-main()

@@ -1,0 +1,54 @@
+"""Accepting an add: the one path shared by the HTTP API and the producer queue (memos.chunker.accept).
+
+Commit ingest + messages + outbox row, then publish the chunker task with publisher confirms. A duplicate
+(same idempotency key) writes nothing and is published again only if its first publish never happened.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from memos_pipeline.celery_app import STAGE_TASKS
+from memos_pipeline.config import Settings
+from memos_pipeline.ingest import outbox
+from memos_pipeline.schemas import AddRequest
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    accepted: store.Accepted
+    published: bool
+
+
+def accept_add(
+    settings: Settings,
+    sender: outbox.TaskSender,
+    tenant_id: uuid.UUID,
+    req: AddRequest,
+    *,
+    trace_id: str,
+    idempotency_key: str | None = None,
+) -> AcceptResult:
+    stages = store.initial_stages(
+        llm=settings.llm_enabled, scheduler=settings.mos_enable_scheduler, preference=settings.enable_preference_memory
+    )
+    task = STAGE_TASKS["chunker"]
+    with session_scope(settings) as s:
+        acc = store.accept_ingest(
+            s, tenant_id, req, trace_id=trace_id, stages=stages, task_name=task, idempotency_key=idempotency_key
+        )
+    if acc.duplicate and acc.published:
+        return AcceptResult(acc, True)
+    published = outbox.try_publish_now(
+        settings,
+        sender,
+        acc.outbox_id,
+        task,
+        acc.task_id,
+        {"v": 1, "ingest_id": str(acc.ingest_id)},
+        {"trace_id": trace_id},
+    )
+    return AcceptResult(acc, published)

@@ -1,0 +1,240 @@
+"""Fast search (no LLM): dense recall from pgvector and BM25 recall, fused, filtered by Postgres truth.
+
+Postgres decides what exists: BM25 hits are re-read from ``memories`` with the tenant/user/status filter, so a
+stale index entry (a memory deleted a millisecond ago) can never be returned, and never across tenants.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, defer
+
+from memos_pipeline.embedders import Embedder
+from memos_pipeline.schemas import SearchJob
+from memos_pipeline.search import context, fusion
+from memos_pipeline.search import graph as graph_recall
+from memos_pipeline.search.query import build_query
+from memos_pipeline.storage import store
+from memos_pipeline.storage.bm25 import Bm25Index, Bm25Query
+from memos_pipeline.storage.models import Memory, Message, Preference
+from memos_pipeline.text.chunking import Turn, render_window
+from memos_pipeline.text.tokenizer import tokenize
+
+# Weighted fusion: dense cosine and max-normalised BM25, equal say. Measured on the LoCoMo harness (evaluation/).
+FUSION_WEIGHTS = {"dense": 1.0, "bm25": 1.0}
+MIN_CANDIDATES = 20
+
+PREFERENCE_NOTE = (
+    "These are the user's preferences, inferred from earlier conversations. Use them to personalise the answer "
+    "when they are relevant to the question; explicit preferences outweigh implicit ones, and newer ones outweigh "
+    "older ones. Do not mention them unless that helps."
+)
+
+
+@dataclass(frozen=True)
+class SearchOutput:
+    memories: list[dict[str, Any]]
+    preferences: list[dict[str, Any]]
+    timings_ms: dict[str, float]
+
+
+def _iso(t: dt.datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def memory_item(m: Memory, score: float | None = None) -> dict[str, Any]:
+    """A memory as the API returns it (DESIGN.md section 3)."""
+    return {
+        "id": str(m.id),
+        "memory_key": m.memory_key,
+        "memory_value": m.memory_value,
+        "memory_type": m.memory_type,
+        "kind": m.kind,
+        "status": m.status,
+        "conversation_id": m.conversation_id,
+        "tags": list(m.tags or []),
+        "sources": list(m.sources or []),
+        "info": m.info or {},
+        "create_time": _iso(m.created_at),
+        "update_time": _iso(m.updated_at),
+        "relativity": round(score, 6) if score is not None else None,
+    }
+
+
+def _scoped(job: SearchJob) -> Select[Any]:
+    q = select(Memory).where(
+        Memory.tenant_id == job.tenant_id, Memory.user_id == job.user_id, Memory.status == "activated"
+    )
+    f = job.filters
+    if f.conversation_id is not None:
+        q = q.where(Memory.conversation_id == f.conversation_id)
+    if f.memory_type is not None:
+        q = q.where(Memory.memory_type == f.memory_type)
+    if f.kind is not None:
+        q = q.where(Memory.kind == f.kind)
+    return q
+
+
+def fast_search(
+    session: Session,
+    embedder: Embedder,
+    index: Bm25Index | None,
+    job: SearchJob,
+    *,
+    fusion_method: str = "weighted",
+    dedup_turns: bool = True,
+    history_turns: int = 0,
+    history_window: int = 0,
+    graph: bool = False,
+) -> SearchOutput:
+    """Dense + BM25 recall, fused; ``index=None`` (BM25_CALL=false) is dense-only; ``job.channels`` restricts
+    recall to the named channels (the harness's BM25-only and dense-only baselines). ``dedup_turns``: each
+    conversation turn is returned once (:mod:`memos_pipeline.search.context`). ``history_turns`` of the conversation's
+    last ``history_window`` turns enrich the query (:mod:`memos_pipeline.search.query`). ``graph`` (FAST_GRAPH): the top
+    hits' shared-entity neighbours join the candidates (:mod:`memos_pipeline.search.graph`)."""
+    use_dense = job.channels is None or "dense" in job.channels
+    if job.channels is not None and "bm25" not in job.channels:
+        index = None
+    timings: dict[str, float] = {}
+    clock = _Clock(timings)
+    query = build_query(session, embedder, job, history_turns, history_window)
+    qvec = query.vector
+    clock.lap("embed")
+    # With turn dedup, windows sliding by one turn collapse: ask each channel for more to still fill top_k.
+    n_cand = max((4 if dedup_turns else 2) * job.top_k, MIN_CANDIDATES)
+    distance = Memory.embedding.cosine_distance(qvec.tolist())
+    # The similarity is computed in SQL and the 384-float vectors stay in Postgres (defer): loading them for every
+    # candidate cost more than the vector search itself.
+    sim = (1 - distance).label("sim")
+    scoped = _scoped(job).options(defer(Memory.embedding)).add_columns(sim)
+    by_id: dict[str, Memory] = {}
+    cosine: dict[str, float] = {}
+    if use_dense:
+        for m, s in session.execute(scoped.order_by(distance).limit(n_cand)):
+            by_id[str(m.id)], cosine[str(m.id)] = m, float(s)
+    clock.lap("dense")
+    bm25_scores: dict[str, float] = {}
+    if index is not None:
+        f = job.filters
+        hits = index.search(
+            Bm25Query(
+                str(job.tenant_id),
+                job.user_id,
+                tuple(tokenize(query.text)),
+                f.conversation_id,
+                (f.kind,) if f.kind else (),
+                n_cand,
+            )
+        )
+        bm25_scores = dict(hits)
+        missing = [uuid.UUID(i) for i in bm25_scores if i not in by_id]
+        if missing:
+            # Re-read through the scoped query: Postgres, not the index, decides what may be returned.
+            for m, s in session.execute(scoped.where(Memory.id.in_(missing))):
+                by_id[str(m.id)], cosine[str(m.id)] = m, float(s)
+        bm25_scores = {i: s for i, s in bm25_scores.items() if i in by_id}
+        clock.lap("bm25")
+    dense_scores = cosine if use_dense else {}
+    if fusion_method == "rrf":
+        ranked = fusion.rrf(
+            {
+                "dense": [i for i, _ in fusion.top(dense_scores, len(dense_scores))],
+                "bm25": [i for i, _ in fusion.top(bm25_scores, len(bm25_scores))],
+            }
+        )
+    else:
+        ranked = fusion.weighted({"dense": dense_scores, "bm25": bm25_scores}, FUSION_WEIGHTS, frozenset({"bm25"}))
+    if graph:
+        ranked, neighbours = graph_recall.expand(session, _scoped(job).options(defer(Memory.embedding)), ranked)
+        by_id.update(neighbours)
+        clock.lap("graph")
+    if dedup_turns:
+        items = _packed_items(session, job, by_id, fusion.top(ranked, len(ranked)), query.seen_message_ids)
+    else:
+        items = [memory_item(by_id[i], s) for i, s in fusion.top(ranked, job.top_k)]
+    clock.lap("fuse")
+    prefs = preference_search(session, job, query.query_vector) if job.include_preference and job.pref_top_k else []
+    clock.lap("preferences")
+    return SearchOutput(items, prefs, timings)
+
+
+def _packed_items(
+    session: Session,
+    job: SearchJob,
+    by_id: dict[str, Memory],
+    ranked: list[tuple[str, float]],
+    seen: frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """The top ``job.top_k`` items with every turn shown once and neighbouring hits joined into spans
+    (:mod:`memos_pipeline.search.context`); spans are re-rendered from their messages, read through the same scope."""
+    cands = [context.Candidate(i, s, by_id[i].kind, tuple(_message_ids(by_id[i]))) for i, s in ranked]
+    results = context.pack(cands, job.top_k, seen=seen)
+    spans = [r.turns if not context.is_whole(r, _message_ids(by_id[r.memory_id])) else None for r in results]
+    wanted = {uuid.UUID(t) for span in spans for t in span or ()}
+    turns: dict[str, Turn] = {}
+    if wanted:
+        rows = session.execute(
+            select(Message).where(
+                Message.tenant_id == job.tenant_id, Message.user_id == job.user_id, Message.id.in_(wanted)
+            )
+        ).scalars()
+        turns = {str(m.id): store.turn_of(m) for m in rows}
+    items = []
+    for r, span in zip(results, spans, strict=True):
+        item = memory_item(by_id[r.memory_id], r.score)
+        if span is not None and all(t in turns for t in span):  # a purged message leaves the window whole
+            shown = [turns[t] for t in span]
+            item["memory_value"] = render_window(shown)
+            item["sources"] = [t.source_id for t in shown]
+            item["info"] = {**item["info"], "span_of": [r.memory_id, *r.merged]}
+        items.append(item)
+    return items
+
+
+def _message_ids(m: Memory) -> list[str]:
+    return [str(x) for x in m.source_message_ids or ()]
+
+
+def preference_search(session: Session, job: SearchJob, qvec: np.ndarray) -> list[dict[str, Any]]:
+    distance = Preference.embedding.cosine_distance(qvec.tolist())
+    rows = session.execute(
+        select(Preference, distance)
+        .where(
+            Preference.tenant_id == job.tenant_id, Preference.user_id == job.user_id, Preference.status == "activated"
+        )
+        .order_by(distance)
+        .limit(job.pref_top_k)
+    ).all()
+    return [
+        {
+            "id": str(p.id),
+            "preference": p.preference,
+            "preference_type": p.preference_type,
+            "reasoning": p.reasoning,
+            "conversation_id": p.conversation_id,
+            "sources": list(p.sources or []),
+            "create_time": _iso(p.created_at),
+            "relativity": round(1.0 - float(d), 6),
+        }
+        for p, d in rows
+    ]
+
+
+class _Clock:
+    def __init__(self, sink: dict[str, float]) -> None:
+        import time
+
+        self._time = time.perf_counter
+        self._sink = sink
+        self._t = self._time()
+
+    def lap(self, name: str) -> None:
+        t = self._time()
+        self._sink[name] = round((t - self._t) * 1000, 3)
+        self._t = t
