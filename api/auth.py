@@ -14,7 +14,7 @@ import redis
 
 from api.errors import RATE_LIMITED, UNAUTHORIZED, ApiError
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,14 @@ def _tenant(settings: Settings, header: str | None) -> tuple[uuid.UUID, str]:
     key = key.strip()
     if scheme.lower() not in ("token", "bearer") or not key:
         raise ApiError(401, UNAUTHORIZED, "Authorization: expected 'Token <key>'")
-    digest = store.hash_key(key)
+    digest = tenants.hash_key(key)
     now = time.monotonic()
     with _lock:
         hit = _cache.get(digest)
     if hit and hit[1] > now:
         return hit[0], digest
     with session_scope(settings) as s:
-        tenant_id = store.tenant_for_key(s, key)
+        tenant_id = tenants.tenant_for_key(s, key)
     if tenant_id is None:
         raise ApiError(401, UNAUTHORIZED, "Authorization: unknown or revoked key")
     with _lock:

@@ -13,7 +13,8 @@ from api.errors import INVALID_BODY, NOT_FOUND, ApiError
 from memos_pipeline.ingest.accept import accept_add
 from memos_pipeline.schemas import AddRequest, StatusRequest
 from memos_pipeline.search.recall import memory_item
-from memos_pipeline.storage import store
+from memos_pipeline.storage import ingests
+from memos_pipeline.storage import memories as memory_rows
 from memos_pipeline.storage.db import session_scope
 
 bp = Blueprint("ingest", __name__)
@@ -47,10 +48,10 @@ def _wait_for(cfg: Any, ingest_id: Any, tenant_id: Any) -> dict[str, Any]:
     delay = 0.01
     while True:
         with session_scope(cfg) as s:
-            ingest = store.find_ingest(s, tenant_id, ingest_id=ingest_id)
+            ingest = ingests.find_ingest(s, tenant_id, ingest_id=ingest_id)
             assert ingest is not None
             if ingest.status in ("done", "failed") or time.monotonic() > deadline:
-                memories = [memory_item(m) for m in store.memories_of_ingest(s, ingest_id)]
+                memories = [memory_item(m) for m in memory_rows.memories_of_ingest(s, ingest_id)]
                 timed_out = ingest.status not in ("done", "failed")
                 return {
                     "status": "timeout" if timed_out else ingest.status,
@@ -65,7 +66,7 @@ def _wait_for(cfg: Any, ingest_id: Any, tenant_id: Any) -> dict[str, Any]:
 def get_status() -> tuple[Response, int]:
     req = body(StatusRequest)
     with session_scope(settings()) as s:
-        ingest = store.find_ingest(s, g.tenant_id, task_id=req.task_id, ingest_id=req.ingest_id)
+        ingest = ingests.find_ingest(s, g.tenant_id, task_id=req.task_id, ingest_id=req.ingest_id)
         if ingest is None:
             which = f"task_id {req.task_id}" if req.task_id else f"ingest_id {req.ingest_id}"
             raise ApiError(404, NOT_FOUND, f"{'task_id' if req.task_id else 'ingest_id'}: no ingest with {which}")

@@ -18,7 +18,7 @@ from memos_pipeline.schemas import (
     UpdateMemoryRequest,
 )
 from memos_pipeline.search.recall import memory_item
-from memos_pipeline.storage import store
+from memos_pipeline.storage import ingests, memories
 from memos_pipeline.storage.db import session_scope
 
 bp = Blueprint("memories", __name__)
@@ -38,7 +38,7 @@ def _reindex(ids: list) -> None:  # type: ignore[type-arg]
 def get_memory() -> tuple[Response, int]:
     req = body(GetMemoryRequest)
     with session_scope(settings()) as s:
-        rows, total = store.page_memories(
+        rows, total = memories.page_memories(
             s,
             g.tenant_id,
             req.user_id,
@@ -58,7 +58,7 @@ def get_memory() -> tuple[Response, int]:
 def delete_memory() -> tuple[Response, int]:
     req = body(DeleteMemoryRequest)
     with session_scope(settings()) as s:
-        deleted = store.soft_delete(s, g.tenant_id, req.user_id, req.memory_ids, _actor())
+        deleted = memories.soft_delete(s, g.tenant_id, req.user_id, req.memory_ids, _actor())
     _reindex(deleted)
     missing = sorted({str(i) for i in req.memory_ids} - {str(i) for i in deleted})
     return ok({"deleted": [str(i) for i in deleted], "not_found": missing})
@@ -69,7 +69,7 @@ def update_memory() -> tuple[Response, int]:
     req = body(UpdateMemoryRequest)
     cfg = settings()
     with session_scope(cfg) as s:
-        old = store.user_memory(s, g.tenant_id, req.user_id, req.memory_id, lock=True)
+        old = memories.user_memory(s, g.tenant_id, req.user_id, req.memory_id, lock=True)
         if old is None or old.status != "activated":
             raise ApiError(404, NOT_FOUND, f"memory_id: no active memory {req.memory_id} for this user")
         value = req.memory_value or old.memory_value
@@ -81,7 +81,7 @@ def update_memory() -> tuple[Response, int]:
             if (value, key) != (old.memory_value, old.memory_key)
             else old.embedding
         )
-        new = store.new_version(
+        new = memories.new_version(
             s,
             old,
             memory_value=value,
@@ -100,7 +100,7 @@ def update_memory() -> tuple[Response, int]:
 def memory_history() -> tuple[Response, int]:
     req = body(MemoryHistoryRequest)
     with session_scope(settings()) as s:
-        chain = store.history(s, g.tenant_id, req.user_id, req.memory_id)
+        chain = memories.history(s, g.tenant_id, req.user_id, req.memory_id)
         if not chain:
             raise ApiError(404, NOT_FOUND, f"memory_id: no memory {req.memory_id} for this user")
         return ok({"history": [{**memory_item(m), "version": m.version} for m in chain]})
@@ -110,7 +110,7 @@ def memory_history() -> tuple[Response, int]:
 def get_message() -> tuple[Response, int]:
     req = body(GetMessageRequest)
     with session_scope(settings()) as s:
-        rows, total = store.page_messages(s, g.tenant_id, req.user_id, req.conversation_id, req.page, req.size)
+        rows, total = ingests.page_messages(s, g.tenant_id, req.user_id, req.conversation_id, req.page, req.size)
         items = [
             {
                 "id": m.client_id or str(m.id),

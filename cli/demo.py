@@ -9,7 +9,7 @@ import click
 import requests
 
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 
 USER_ID = "demo_user"
@@ -45,7 +45,7 @@ def run_demo(settings: Settings, port: int) -> int:
         stack.start()
         stack.wait_ready()
         with session_scope(settings) as s:
-            _, key = store.create_api_key(s, "demo", "memos-pipeline demo")
+            _, key = tenants.create_api_key(s, "demo", "memos-pipeline demo")
         base, headers = f"http://{settings.api_host}:{port}", {"Authorization": f"Token {key}"}
         click.echo(f"\nPOST /add/message  user={USER_ID} conversation={CONVERSATION_ID}")
         for m in MESSAGES:

@@ -170,14 +170,14 @@ def db_migrate() -> None:
 @click.option("--name", default="", help="A label for the key.")
 def create_key(tenant: str, name: str) -> None:
     """Create an API key for a tenant and print it (only its hash is stored: keep it now)."""
-    from memos_pipeline.storage import migrate, pgserver, store
+    from memos_pipeline.storage import migrate, pgserver, tenants
     from memos_pipeline.storage.db import session_scope
 
     settings = get_settings()
     pgserver.start(settings)
     migrate.upgrade(settings)
     with session_scope(settings) as s:
-        _, key = store.create_api_key(s, tenant, name)
+        _, key = tenants.create_api_key(s, tenant, name)
     click.echo(key)
 
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from evaluation.texts import ConversationGenerator
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import Embedder, get_embedder
-from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage import pgserver, tenants
 from memos_pipeline.storage.db import get_engine, session_scope
 from memos_pipeline.storage.models import EMBEDDING_DIM
 from memos_pipeline.text.chunking import Turn, window_turns
@@ -514,7 +514,7 @@ def run_bench(
         stack.start()
         stack.wait_ready(timeout=180)
         with session_scope(cfg) as s:
-            tenant_id, key = store.create_api_key(s, f"bench-{run}", "memos-pipeline bench")
+            tenant_id, key = tenants.create_api_key(s, f"bench-{run}", "memos-pipeline bench")
         api = Api(f"http://{cfg.api_host}:{cfg.api_port}", key)
         _, warm_id = api.add("warmup", gen.conversation("warmup", per_add))  # pools, auth cache, BM25 reader
         wait_done(cfg, [warm_id], 60)

@@ -50,7 +50,7 @@ from evaluation.texts import ConversationGenerator
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
 from memos_pipeline.ingest.deadletter import replay
-from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage import pgserver, tenants
 from memos_pipeline.storage.db import get_engine, session_scope
 
 QUEUES = ("chunker", "indexer", "search", "memreader", "preference")
@@ -185,7 +185,7 @@ class ChaosRun:
         self.stack.start()
         self.stack.wait_ready(timeout=300)
         with session_scope(self.cfg) as s:
-            tenant_id, key = store.create_api_key(s, f"chaos-{self.run}", "memos-pipeline chaos")
+            tenant_id, key = tenants.create_api_key(s, f"chaos-{self.run}", "memos-pipeline chaos")
         client = Client(f"http://{self.cfg.api_host}:{self.cfg.api_port}", key)
         self.tenant_id = tenant_id
         # One add through the whole pipeline first: pools, caches and models are warm before the first fault.

@@ -43,7 +43,7 @@ from evaluation.load_driver import Driver, Planned, Sampler
 from evaluation.load_report import Window, plot, summarize
 from evaluation.texts import ConversationGenerator
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage import pgserver, tenants
 from memos_pipeline.storage.db import get_engine, session_scope
 
 if TYPE_CHECKING:
@@ -274,7 +274,7 @@ def run_load(
             from cli.stack import CORE_QUEUES
 
             with session_scope(cfg) as s:
-                tenant_id, key = store.create_api_key(s, f"load-{run_id}", "memos-pipeline load")
+                tenant_id, key = tenants.create_api_key(s, f"load-{run_id}", "memos-pipeline load")
             queues = [*CORE_QUEUES, "memreader", "preference"] if cfg.llm_enabled else list(CORE_QUEUES)
             sampler = Sampler(cfg, queues, tenant_id, time.monotonic())
             driver = Driver(f"http://{cfg.api_host}:{cfg.api_port}", key)

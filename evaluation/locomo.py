@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from evaluation import metrics
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage import pgserver, tenants
 from memos_pipeline.storage.db import get_engine, session_scope
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
@@ -274,7 +274,7 @@ def own_stack(settings: Settings, name: str) -> Iterator[Harness]:
         stack.start()
         stack.wait_ready(timeout=240)
         with session_scope(cfg) as s:
-            _, key = store.create_api_key(s, f"{name}-{run}", f"memos-pipeline eval {name}")
+            _, key = tenants.create_api_key(s, f"{name}-{run}", f"memos-pipeline eval {name}")
         api = Api(f"http://{cfg.api_host}:{cfg.api_port}", key)
         yield Harness(cfg, api, run)
     finally:

@@ -54,7 +54,7 @@ from tqdm import tqdm
 from evaluation.bench import USER_ID, Api, _delete_topology, _free_port, plan_adds, wait_done
 from evaluation.texts import ConversationGenerator
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import pgserver, store
+from memos_pipeline.storage import pgserver, tenants
 from memos_pipeline.storage.db import get_engine, session_scope
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -419,7 +419,7 @@ def run_mixture_bench(
         stack.start()
         stack.wait_ready(timeout=180)
         with session_scope(cfg) as s:
-            _, key = store.create_api_key(s, f"mixture-bench-{run}", "memos-pipeline mixture bench")
+            _, key = tenants.create_api_key(s, f"mixture-bench-{run}", "memos-pipeline mixture bench")
 
         # The corpus, through the API and the queues like any client's.
         ingest_api = ApiProcess(cfg, Variant("ingest", 0.0, cfg.api_workers, cfg.api_threads), tmp)

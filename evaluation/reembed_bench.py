@@ -28,7 +28,7 @@ from evaluation.texts import ConversationGenerator
 from memos_pipeline.config import Settings, get_settings
 from memos_pipeline.embedders import model_for
 from memos_pipeline.jobs import reembed
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 
 
@@ -128,7 +128,7 @@ def run_bench(
     with own_stack(settings, "re", ("chunker", "search"), private_pg=True) as cfg:
         with session_scope(cfg) as s:
             tenant = f"reembed-bench-{uuid.uuid4().hex[:6]}"
-            tenant_id, _ = store.create_api_key(s, tenant)
+            tenant_id, _ = tenants.create_api_key(s, tenant)
         insert_memories(cfg, tenant_id, n)
         # The model alone, in this process, on the same texts: what the job's rows/s compares with.
         sample = [memory_text(ConversationGenerator(7), i) for i in range(min(n, 256))]

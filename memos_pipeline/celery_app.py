@@ -21,13 +21,6 @@ QUEUES: dict[str, str] = {
     "reranker": "rerank candidates",
 }
 DEAD_LETTER = "dead_letter"
-# The task that advances each stage of an ingest (the chunker fans out to the others; the sweeper re-publishes).
-STAGE_TASKS: dict[str, str] = {
-    "chunker": "memos.chunker.chunk",
-    "indexer": "memos.indexer.upsert_ingest",
-    "memreader": "memos.memreader.extract",
-    "preference": "memos.preference.extract",
-}
 
 
 def exchange(settings: Settings) -> Exchange:

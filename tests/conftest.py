@@ -17,7 +17,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import migrate, pgserver, store
+from memos_pipeline.storage import migrate, pgserver, tenants
 from memos_pipeline.storage.db import session_scope
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -105,7 +105,7 @@ def client(app) -> FlaskClient:  # type: ignore[no-untyped-def]
 def tenant(settings: Settings) -> tuple[uuid.UUID, str]:
     """A fresh tenant and an API key for it: (tenant_id, key)."""
     with session_scope(settings) as s:
-        return store.create_api_key(s, f"tenant-{uuid.uuid4().hex[:10]}", "test")
+        return tenants.create_api_key(s, f"tenant-{uuid.uuid4().hex[:10]}", "test")
 
 
 @pytest.fixture

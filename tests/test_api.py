@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Ingest, Message, OutboxItem
 
@@ -308,8 +308,8 @@ def test_status_of_own_add(client: FlaskClient, auth: dict[str, str]) -> None:
 
 def test_tenant_cannot_read_another_tenants_status(client: FlaskClient, settings: Settings) -> None:
     with session_scope(settings) as s:
-        _, key_a = store.create_api_key(s, f"tenant-a-{uuid.uuid4().hex[:8]}")
-        _, key_b = store.create_api_key(s, f"tenant-b-{uuid.uuid4().hex[:8]}")
+        _, key_a = tenants.create_api_key(s, f"tenant-a-{uuid.uuid4().hex[:8]}")
+        _, key_b = tenants.create_api_key(s, f"tenant-b-{uuid.uuid4().hex[:8]}")
     auth_a, auth_b = {"Authorization": f"Token {key_a}"}, {"Authorization": f"Token {key_b}"}
     data = client.post(ADD, json=add_body(), headers=auth_a).get_json()["data"]
     assert client.post("/get/status", json={"task_id": data["task_id"]}, headers=auth_a).status_code == 200
@@ -346,7 +346,7 @@ def test_rate_limit_per_key_429_with_retry_after(settings: Settings, tenant: tup
     assert blocked.get_json()["code"] == 42901 and "rate limit" in blocked.get_json()["message"]
     assert 1 <= int(blocked.headers["Retry-After"]) <= 60
     with session_scope(settings) as s:
-        _, other = store.create_api_key(s, f"tenant-rl-{uuid.uuid4().hex[:8]}")
+        _, other = tenants.create_api_key(s, f"tenant-rl-{uuid.uuid4().hex[:8]}")
     assert (
         limited.post("/get/status", json={"task_id": "nope"}, headers={"Authorization": f"Token {other}"}).status_code
         == 404

@@ -23,7 +23,8 @@ from celery import Task
 
 from memos_pipeline.celery_app import DEAD_LETTER, dead_letter_exchange, dead_letter_queue
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import store
+from memos_pipeline.ingest import lifecycle
+from memos_pipeline.storage import db
 from memos_pipeline.storage.db import session_scope
 from workers import metrics
 
@@ -101,7 +102,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             return
         try:
             with session_scope(self.settings) as s:
-                store.mark_stage(s, ingest_id, self.stage, status, **fields)
+                lifecycle.mark_stage(s, ingest_id, self.stage, status, **fields)
         except Exception:  # status is best effort here: the database may be the thing that failed
             log.exception("could not record %s for ingest %s", status, ingest_id)
 
@@ -115,7 +116,7 @@ class PipelineTask(Task):  # type: ignore[misc]
             "kwargs": kwargs,
             "reason": reason,
             "traceback": "".join(traceback.format_exception(einfo.exception))[-4000:] if einfo else None,
-            "failed_at": store.now().isoformat(),
+            "failed_at": db.now().isoformat(),
             "retries": self.request.retries,
         }
         dlx = dead_letter_exchange(self.settings)

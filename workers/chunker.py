@@ -10,13 +10,13 @@ from typing import Any
 
 from celery import chord, group
 
-from memos_pipeline.celery_app import STAGE_TASKS
 from memos_pipeline.embedders import get_embedder
+from memos_pipeline.ingest import lifecycle
 from memos_pipeline.ingest.accept import accept_add
 from memos_pipeline.jobs import reembed
-from memos_pipeline.schemas import AcceptJob, IndexJob, IngestJob
+from memos_pipeline.schemas import AcceptJob, IngestJob
 from memos_pipeline.stages import chunk as pipeline
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 from workers.base import PipelineTask
 from workers.celery import MAX_RETRIES, app
@@ -31,11 +31,9 @@ def chunk(self: PipelineTask, payload: dict[str, Any]) -> None:
     result = pipeline.chunk_ingest(self.settings, get_embedder(self.settings), job.ingest_id)
     if result is None:
         return
-    ref = {"v": 1, "ingest_id": str(job.ingest_id)}
     # Raw memories are already searchable by vector; BM25 and the LLM stages proceed in parallel.
-    self.publish(STAGE_TASKS["indexer"], IndexJob(ingest_id=job.ingest_id).model_dump(mode="json"))
-    for stage in result.llm_stages:
-        self.publish(STAGE_TASKS[stage], ref)
+    for stage in result.next_stages:
+        self.publish(lifecycle.STAGE_TASKS[stage], lifecycle.stage_payload(stage, job.ingest_id))
 
 
 class UnknownTenant(ValueError):
@@ -49,7 +47,7 @@ def accept(self: PipelineTask, payload: dict[str, Any]) -> str:
     limits = {"max_messages": settings.max_messages_per_add, "max_content_chars": settings.max_content_chars}
     job = AcceptJob.model_validate(payload, context=limits)
     with session_scope(settings) as s:
-        tenant_id = store.tenant_by_name(s, job.tenant)
+        tenant_id = tenants.tenant_by_name(s, job.tenant)
     if tenant_id is None:
         raise UnknownTenant(f"tenant {job.tenant!r} does not exist (create it with `memos-pipeline create-key`)")
     trace_id = getattr(self.request, "trace_id", None) or self.request.id

@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 from memos_pipeline.jobs import reindex
 from memos_pipeline.schemas import IndexJob
 from memos_pipeline.search import graph
-from memos_pipeline.stages import chunk as pipeline
-from memos_pipeline.storage import store
+from memos_pipeline.stages import index as index_stage
+from memos_pipeline.storage import ingests
+from memos_pipeline.storage import memories as memory_rows
 from memos_pipeline.storage.bm25 import get_generations, get_index
 from memos_pipeline.storage.db import session_scope
 from workers import metrics
@@ -62,7 +63,7 @@ def upsert_ingest(self: PipelineTask, payload: dict[str, Any]) -> int:
     ingest_id = job.ingest_id
     # Graph edges first: once the indexer stage reads done, the add is searchable with FAST_GRAPH too.
     _link(self, f"ingest {ingest_id}", lambda s: graph.link_ingest(s, ingest_id))
-    n = pipeline.index_ingest(self.settings, get_index(self.settings, writer=True), job.ingest_id)
+    n = index_stage.index_ingest(self.settings, get_index(self.settings, writer=True), job.ingest_id)
     _record_lag(self, job.ingest_id)
     return n
 
@@ -87,7 +88,7 @@ def _record_lag(task: PipelineTask, ingest_id: uuid.UUID) -> None:
     observed twice: rare (a crash between the commit and the ack), one slow sample, not worth a read before."""
     try:
         with session_scope(task.settings) as s:
-            ingest = store.get_ingest(s, ingest_id)
+            ingest = ingests.get_ingest(s, ingest_id)
             stage = ingest.stages.get("indexer", {}) if ingest is not None else {}
             if ingest is None or stage.get("status") != "done" or "finished_at" not in stage:
                 return
@@ -102,10 +103,10 @@ def upsert(self: PipelineTask, payload: dict[str, Any]) -> int:
     """Re-index given memories by id (after an update or delete: archived/deleted ones leave the index)."""
     job = IndexJob.model_validate(payload)
     with session_scope(self.settings) as s:
-        memories = store.memories_by_ids(s, job.memory_ids)
+        memories = memory_rows.memories_by_ids(s, job.memory_ids)
     # New facts (memreader) arrive here: link them by their entities and tags (archived ones are skipped).
     _link(self, f"{len(job.memory_ids)} memories", lambda s: graph.link_memories(s, job.memory_ids))
-    return pipeline.index_memories(get_index(self.settings, writer=True), memories)
+    return index_stage.index_memories(get_index(self.settings, writer=True), memories)
 
 
 @app.task(name="memos.indexer.reindex_begin", **REINDEX)

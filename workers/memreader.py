@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from memos_pipeline.stages.llm import run_memreader
+from memos_pipeline.embedders import get_embedder
+from memos_pipeline.llm import LLMClient
+from memos_pipeline.schemas import IndexJob, IngestJob
+from memos_pipeline.stages.facts import run_memreader
+from memos_pipeline.stages.llm_stage import run_stage
 from workers.base import PipelineTask
 from workers.celery import MAX_RETRIES, app
-from workers.llm_task import run_llm_stage
 
 
 @app.task(bind=True, base=PipelineTask, name="memos.memreader.extract", max_retries=MAX_RETRIES, stage="memreader")
 def extract(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any] | None:
-    return run_llm_stage(self, payload, run_memreader)
+    job = IngestJob.model_validate(payload)
+    settings = self.settings
+    res = run_stage(settings, "memreader", job.ingest_id, run_memreader, get_embedder(settings), LLMClient(settings))
+    if res is None:
+        return None
+    if res.new_ids or res.archived_ids:
+        # New facts go to BM25 and archived ones leave it (preferences are searched by vector in Postgres).
+        self.publish(
+            "memos.indexer.upsert", IndexJob(memory_ids=res.new_ids + res.archived_ids).model_dump(mode="json")
+        )
+    return res.counts

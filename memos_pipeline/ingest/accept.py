@@ -9,17 +9,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from memos_pipeline.celery_app import STAGE_TASKS
 from memos_pipeline.config import Settings
-from memos_pipeline.ingest import outbox
+from memos_pipeline.ingest import lifecycle, outbox
 from memos_pipeline.schemas import AddRequest
-from memos_pipeline.storage import store
+from memos_pipeline.storage import ingests
 from memos_pipeline.storage.db import session_scope
 
 
 @dataclass(frozen=True)
 class AcceptResult:
-    accepted: store.Accepted
+    accepted: ingests.Accepted
     published: bool
 
 
@@ -32,12 +31,12 @@ def accept_add(
     trace_id: str,
     idempotency_key: str | None = None,
 ) -> AcceptResult:
-    stages = store.initial_stages(
+    stages = lifecycle.initial_stages(
         llm=settings.llm_enabled, scheduler=settings.mos_enable_scheduler, preference=settings.enable_preference_memory
     )
-    task = STAGE_TASKS["chunker"]
+    task = lifecycle.STAGE_TASKS["chunker"]
     with session_scope(settings) as s:
-        acc = store.accept_ingest(
+        acc = ingests.accept_ingest(
             s, tenant_id, req, trace_id=trace_id, stages=stages, task_name=task, idempotency_key=idempotency_key
         )
     if acc.duplicate and acc.published:
@@ -48,7 +47,7 @@ def accept_add(
         acc.outbox_id,
         task,
         acc.task_id,
-        {"v": 1, "ingest_id": str(acc.ingest_id)},
+        lifecycle.stage_payload("chunker", acc.ingest_id),
         {"trace_id": trace_id},
     )
     return AcceptResult(acc, published)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from memos_pipeline.celery_app import STAGE_TASKS
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import store
+from memos_pipeline.ingest import lifecycle
+from memos_pipeline.storage import db, ingests
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import OutboxItem
 
@@ -61,7 +61,7 @@ def try_publish_now(
         log.warning("publish of %s deferred to the outbox relay: %s", task_id, exc)
         return False
     with session_scope(settings) as s:
-        store.mark_outbox_sent(s, outbox_id)
+        ingests.mark_outbox_sent(s, outbox_id)
     return True
 
 
@@ -69,7 +69,7 @@ def relay_once(settings: Settings, sender: TaskSender, limit: int = 200) -> int:
     """Publish unsent outbox rows older than the grace period. Returns how many were published."""
     sent = 0
     with session_scope(settings) as s:
-        for row in store.claim_unsent(s, settings.relay_grace_s, limit):
+        for row in ingests.claim_unsent(s, settings.relay_grace_s, limit):
             try:
                 publish_row(sender, row)
             except Exception as exc:
@@ -77,7 +77,7 @@ def relay_once(settings: Settings, sender: TaskSender, limit: int = 200) -> int:
                 row.last_error = str(exc)[:500]
                 log.warning("relay could not publish %s: %s", row.task_id, exc)
                 break  # the broker is still down: keep order, try again next round
-            row.sent_at = store.now()
+            row.sent_at = db.now()
             row.attempts += 1
             sent += 1
     return sent
@@ -92,23 +92,17 @@ def sweep_stuck(settings: Settings, sender: TaskSender, limit: int = 100) -> int
     """
     sent = 0
     with session_scope(settings) as s:
-        for ingest in store.stuck_ingests(s, settings.sweep_after_s, limit):
-            stage = next(
-                (st for st in store.STAGES if ingest.stages.get(st, {}).get("status") not in store.TERMINAL), None
-            )
+        for ingest in ingests.stuck_ingests(s, settings.sweep_after_s, limit):
+            stage = lifecycle.stage_to_resume(ingest.stages)
             if stage is None:
                 continue
-            if (
-                stage in ("memreader", "preference", "indexer")
-                and ingest.stages.get("chunker", {}).get("status") != "done"
-            ):
-                stage = "chunker"
             try:
-                sender.send_task(STAGE_TASKS[stage], args=[{"v": 1, "ingest_id": str(ingest.id)}], ignore_result=True)
+                payload = lifecycle.stage_payload(stage, ingest.id)
+                sender.send_task(lifecycle.STAGE_TASKS[stage], args=[payload], ignore_result=True)
             except Exception as exc:
                 log.warning("sweeper could not publish %s for %s: %s", stage, ingest.id, exc)
                 break
-            ingest.updated_at = store.now()  # do not sweep it again before another full window
-            store.mark_stage(s, ingest.id, stage, ingest.stages.get(stage, {}).get("status", "pending"), swept=True)
+            ingest.updated_at = db.now()  # do not sweep it again before another full window
+            lifecycle.mark_stage(s, ingest.id, stage, ingest.stages.get(stage, {}).get("status", "pending"), swept=True)
             sent += 1
     return sent

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, load_only
 from memos_pipeline.config import Settings
 from memos_pipeline.jobs import runner as batchjob
 from memos_pipeline.jobs.runner import CountMismatch, JobConflict, NotReady
-from memos_pipeline.stages.chunk import bm25_doc
+from memos_pipeline.stages.index import bm25_doc
 from memos_pipeline.storage.bm25 import Bm25Generations, Bm25Index
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Memory, Tenant

@@ -20,7 +20,7 @@ from memos_pipeline.schemas import SearchJob
 from memos_pipeline.search import context, fusion
 from memos_pipeline.search import graph as graph_recall
 from memos_pipeline.search.query import build_query
-from memos_pipeline.storage import store
+from memos_pipeline.storage import ingests
 from memos_pipeline.storage.bm25 import Bm25Index, Bm25Query
 from memos_pipeline.storage.models import Memory, Message, Preference
 from memos_pipeline.text.chunking import Turn, render_window
@@ -184,7 +184,7 @@ def _packed_items(
                 Message.tenant_id == job.tenant_id, Message.user_id == job.user_id, Message.id.in_(wanted)
             )
         ).scalars()
-        turns = {str(m.id): store.turn_of(m) for m in rows}
+        turns = {str(m.id): ingests.turn_of(m) for m in rows}
     items = []
     for r, span in zip(results, spans, strict=True):
         item = memory_item(by_id[r.memory_id], r.score)

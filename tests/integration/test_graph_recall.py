@@ -21,7 +21,8 @@ from memos_pipeline.embedders import get_embedder
 from memos_pipeline.schemas import SearchJob
 from memos_pipeline.search import graph
 from memos_pipeline.search.recall import fast_search
-from memos_pipeline.storage import store
+from memos_pipeline.storage import ingests
+from memos_pipeline.storage import tenants as tenant_rows
 from memos_pipeline.storage.bm25 import get_index
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Memory, MemoryEdge
@@ -58,7 +59,7 @@ def _search(settings: Settings, tenant_id: uuid.UUID, user: str, query: str, on:
 
 def _ingest_ids(settings: Settings, tenant_id: uuid.UUID, task_ids: list[str]) -> list[uuid.UUID]:
     with session_scope(settings) as s:
-        return [i.id for t in task_ids if (i := store.find_ingest(s, tenant_id, task_id=t)) is not None]
+        return [i.id for t in task_ids if (i := ingests.find_ingest(s, tenant_id, task_id=t)) is not None]
 
 
 def test_graph_recalls_a_neighbour_through_a_rare_shared_entity(
@@ -86,7 +87,7 @@ def test_edges_never_cross_users_or_tenants_and_survive_redelivery(
 ) -> None:
     user, other_user = f"graph_{uuid.uuid4().hex[:6]}", f"graph_{uuid.uuid4().hex[:6]}"
     with session_scope(workers) as s:
-        other_tenant, other_key = store.create_api_key(s, f"tenant-{uuid.uuid4().hex[:10]}", "test")
+        other_tenant, other_key = tenant_rows.create_api_key(s, f"tenant-{uuid.uuid4().hex[:10]}", "test")
     other_auth = {"Authorization": f"Token {other_key}"}
     tasks = [_ingest(client, auth, user, "lessons", LESSON), _ingest(client, auth, user, "concerts", CONCERT)]
     # The same rare name for another user of the tenant and for the same user id in another tenant.

@@ -28,9 +28,10 @@ from sqlalchemy import func, select
 from cli import demo
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
+from memos_pipeline.ingest import lifecycle
 from memos_pipeline.ingest.deadletter import list_dead, replay
 from memos_pipeline.schemas import AddRequest
-from memos_pipeline.storage import store
+from memos_pipeline.storage import ingests
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Extraction, Memory, MemoryEdge, Preference
 
@@ -304,22 +305,22 @@ def test_parallel_stage_marks_are_not_lost(settings: Settings, tenant: tuple[uui
     that loaded the ingest before another committed its mark must not write the stale stages back: the other
     stage's ``running`` (with ``started_at`` and ``attempts``, hence ``ms`` when done) would be lost."""
     with session_scope(settings) as s:
-        acc = store.accept_ingest(
+        acc = ingests.accept_ingest(
             s,
             tenant[0],
             AddRequest(user_id="race_user", messages=[{"role": "user", "content": "hi"}]),
             trace_id="t",
-            stages=store.initial_stages(llm=True, scheduler=True, preference=True),
+            stages=lifecycle.initial_stages(llm=True, scheduler=True, preference=True),
             task_name="x",
         )
     with session_scope(settings) as s_pref:
-        loaded = store.get_ingest(s_pref, acc.ingest_id)  # the preference worker holds its ingest...
+        loaded = ingests.get_ingest(s_pref, acc.ingest_id)  # the preference worker holds its ingest...
         with session_scope(settings) as s_mr:  # ...the memreader worker marks its stage meanwhile...
-            store.mark_stage(s_mr, acc.ingest_id, "memreader", "running")
-        store.mark_stage(s_pref, acc.ingest_id, "preference", "running")  # ...then the preference worker marks
+            lifecycle.mark_stage(s_mr, acc.ingest_id, "memreader", "running")
+        lifecycle.mark_stage(s_pref, acc.ingest_id, "preference", "running")  # ...then the preference worker marks
         assert loaded is not None
     with session_scope(settings) as s:
-        stages = store.get_ingest(s, acc.ingest_id).stages  # type: ignore[union-attr]
+        stages = ingests.get_ingest(s, acc.ingest_id).stages  # type: ignore[union-attr]
     assert stages["preference"]["status"] == "running"
     assert stages["memreader"]["status"] == "running" and "started_at" in stages["memreader"], stages["memreader"]
 
@@ -526,7 +527,7 @@ def test_fine_adder_versions_a_conflicting_fact_and_keeps_its_history(
     replayed stage asks the model nothing and writes nothing."""
     from memos_pipeline.embedders import get_embedder
     from memos_pipeline.llm import LLMClient
-    from memos_pipeline.stages.llm import run_memreader
+    from memos_pipeline.stages.facts import run_memreader
 
     cfg = llm_stack.with_overrides(memory_adder_mode="fine")
     user = "fine_user"
@@ -536,13 +537,13 @@ def test_fine_adder_versions_a_conflicting_fact_and_keeps_its_history(
             user_id=user, conversation_id="fine_conv", messages=[{"role": "user", "content": content, "id": cid}]
         )
         with session_scope(cfg) as s:
-            return store.accept_ingest(
+            return ingests.accept_ingest(
                 s,
                 tenant[0],
                 req,
                 trace_id="t",
                 task_name="x",
-                stages=store.initial_stages(llm=True, scheduler=True, preference=True),
+                stages=lifecycle.initial_stages(llm=True, scheduler=True, preference=True),
             ).ingest_id
 
     def one_fact(value: str) -> dict[str, str]:

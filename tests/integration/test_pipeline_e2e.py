@@ -16,7 +16,7 @@ from cli.demo import CONVERSATION_ID, MESSAGES, QUERY, USER_ID
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import get_embedder
 from memos_pipeline.stages import chunk as pipeline
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Ingest, Memory, OutboxItem
 from memos_pipeline.text.chunking import Turn, window_turns
@@ -91,7 +91,7 @@ def n_windows(settings: Settings, n_turns: int) -> int:
 
 def new_tenant(settings: Settings) -> dict[str, str]:
     with session_scope(settings) as s:
-        _, key = store.create_api_key(s, f"tenant-{uuid.uuid4().hex[:10]}")
+        _, key = tenants.create_api_key(s, f"tenant-{uuid.uuid4().hex[:10]}")
     return {"Authorization": f"Token {key}"}
 
 

@@ -30,10 +30,11 @@ from evaluation.reindex_bench import insert_memories
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import ACTIVE_MODEL_TTL_S, FollowingEmbedder, OpenAIEmbedder, read_active
+from memos_pipeline.ingest import lifecycle
 from memos_pipeline.jobs import embedding_columns, reembed
 from memos_pipeline.schemas import AddRequest
 from memos_pipeline.stages import chunk as pipeline
-from memos_pipeline.storage import store
+from memos_pipeline.storage import db, ingests
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Memory, Preference
 
@@ -220,15 +221,15 @@ def accept_only(settings: Settings, tenant_id: uuid.UUID, user_id: str, conversa
     msgs = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(texts)]
     req = AddRequest(user_id=user_id, conversation_id=conversation_id, messages=msgs)  # type: ignore[arg-type]
     with session_scope(settings) as s:
-        accepted = store.accept_ingest(
+        accepted = ingests.accept_ingest(
             s,
             tenant_id,
             req,
             trace_id="t",
             task_name="memos.chunker.chunk",
-            stages=store.initial_stages(llm=False, scheduler=False, preference=False),
+            stages=lifecycle.initial_stages(llm=False, scheduler=False, preference=False),
         )
-        store.mark_outbox_sent(s, accepted.outbox_id)
+        ingests.mark_outbox_sent(s, accepted.outbox_id)
     return accepted.ingest_id
 
 
@@ -256,7 +257,7 @@ def test_reembed_killed_half_way_resumes_switches_every_process_and_rolls_back(
                     preference=pref,
                     preference_type="explicit_preference",
                     embedding=unit.tolist(),
-                    content_hash=store.content_hash(pref),
+                    content_hash=db.content_hash(pref),
                 )
             )
     stale = FollowingEmbedder(settings, ttl_s=3600)  # a process that read the active model before the swap

@@ -27,7 +27,7 @@ from evaluation.reindex_bench import insert_memories
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
 from memos_pipeline.jobs import reindex
-from memos_pipeline.storage import store
+from memos_pipeline.storage import db, tenants
 from memos_pipeline.storage.bm25 import Bm25Query, Generations
 from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex, gen_path, read_pointer
 from memos_pipeline.storage.db import session_scope
@@ -96,7 +96,7 @@ def add_memory(settings: Settings, tenant_id: uuid.UUID, user_id: str, text: str
                 sources=[],
                 info={},
                 embedding=vec.tolist(),
-                content_hash=store.content_hash(text),
+                content_hash=db.content_hash(text),
             )
         )
     return memory_id
@@ -253,8 +253,8 @@ def test_reindex_killed_half_way_resumes_from_its_checkpoint(
 def test_tenant_reindex_stops_after_n_batches_and_keeps_other_tenants(workers: Settings, celery_app: Celery) -> None:
     settings, name = workers, f"rx-tenant-{uuid.uuid4().hex[:8]}"
     with session_scope(settings) as s:
-        tenant_id, _ = store.create_api_key(s, name)
-        other, _ = store.create_api_key(s, f"rx-other-{uuid.uuid4().hex[:8]}")
+        tenant_id, _ = tenants.create_api_key(s, name)
+        other, _ = tenants.create_api_key(s, f"rx-other-{uuid.uuid4().hex[:8]}")
     neighbour = add_memory(settings, other, "marker", "the neighbour keeps bees")
     index_live(celery_app, neighbour)
     insert_memories(settings, tenant_id, 500)
@@ -299,7 +299,7 @@ def test_tenant_reindex_stops_after_n_batches_and_keeps_other_tenants(workers: S
 def test_status_and_abort(workers: Settings, celery_app: Celery) -> None:
     settings, env = workers, settings_env(workers)
     with session_scope(settings) as s:
-        tenant_id, _ = store.create_api_key(s, f"rx-abort-{uuid.uuid4().hex[:8]}")
+        tenant_id, _ = tenants.create_api_key(s, f"rx-abort-{uuid.uuid4().hex[:8]}")
     insert_memories(settings, tenant_id, 120)
     current = read_pointer(settings.bm25_dir).current
     stopped = subprocess.run(
@@ -341,7 +341,7 @@ def test_reindex_all_task_runs_to_the_swap_on_its_own(workers: Settings, celery_
     """What beat (or another system) triggers: no client waits, the chords carry the job to the swap."""
     settings = workers
     with session_scope(settings) as s:
-        tenant_id, _ = store.create_api_key(s, f"rx-beat-{uuid.uuid4().hex[:8]}")
+        tenant_id, _ = tenants.create_api_key(s, f"rx-beat-{uuid.uuid4().hex[:8]}")
     insert_memories(settings, tenant_id, 300)
     celery_app.send_task(
         "memos.indexer.reindex_all", args=[{"v": 1, "tenant": str(tenant_id), "batch_size": 40, "window": 2}]
@@ -365,7 +365,7 @@ def local(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
 
 def _job(cfg: Settings, n: int, batch_size: int) -> tuple[uuid.UUID, reindex.Job]:
     with session_scope(cfg) as s:
-        tenant_id, _ = store.create_api_key(s, f"rx-local-{uuid.uuid4().hex[:8]}")
+        tenant_id, _ = tenants.create_api_key(s, f"rx-local-{uuid.uuid4().hex[:8]}")
     insert_memories(cfg, tenant_id, n)  # dated in the past: the catch-up pass (changes since the start) skips them
     job, resumed = reindex.start_or_resume(cfg, str(tenant_id), batch_size)
     assert not resumed

@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, status_c
 
 from api.meta import openapi_spec
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ schema = schemathesis.openapi.from_dict(
 def live_api(workers: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """(base URL, auth header) of a gunicorn API on the session's database and queues."""
     with session_scope(workers) as s:
-        _, key = store.create_api_key(s, f"schemathesis-{uuid.uuid4().hex[:8]}", "schemathesis")
+        _, key = tenants.create_api_key(s, f"schemathesis-{uuid.uuid4().hex[:8]}", "schemathesis")
     # No per-key rate limit: a 429 is correct behaviour but would hide what the examples after it would find.
     # A short sync wait: generated adds queue up behind each other in the one chunker, and a sync add that waits
     # the full default would outlast the client's timeout (it answers 200 "timeout" when the wait runs out).

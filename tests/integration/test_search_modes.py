@@ -28,7 +28,7 @@ from flask.testing import FlaskClient
 
 from memos_pipeline.config import Settings
 from memos_pipeline.search.rerank import mixture_cache_key
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.text.chunking import turn_texts
 
@@ -133,7 +133,7 @@ def api(flask_app: Flask) -> FlaskClient:
 @pytest.fixture(scope="module")
 def mix_tenant(stack: Settings) -> tuple[uuid.UUID, dict[str, str]]:
     with session_scope(stack) as s:
-        tenant_id, key = store.create_api_key(s, f"mix-{uuid.uuid4().hex[:10]}", "test_search_modes")
+        tenant_id, key = tenants.create_api_key(s, f"mix-{uuid.uuid4().hex[:10]}", "test_search_modes")
     return tenant_id, {"Authorization": f"Token {key}"}
 
 

@@ -29,7 +29,7 @@ from llm_fixtures import FakeLLM, start_fake_llm
 from cli.stack import settings_env, worker_command
 from memos_pipeline.celery_app import declared_queues, make_celery
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ def _with_password(url: str, user: str, password: str) -> str:
 
 def make_secrets(settings: Settings) -> Secrets:
     with session_scope(settings) as s:
-        _, api_key = store.create_api_key(s, f"secrets-{uuid.uuid4().hex[:8]}", "secrets in logs")
+        _, api_key = tenants.create_api_key(s, f"secrets-{uuid.uuid4().hex[:8]}", "secrets in logs")
     # Not shaped like any pattern the filter knows (no sk-, mp_, Token ...): only the known-value rule can catch
     # these, so the test proves the API and workers learnt them from their settings and environment.
     return Secrets(

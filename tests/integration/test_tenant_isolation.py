@@ -21,10 +21,12 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from memos_pipeline.config import Settings
+from memos_pipeline.ingest import lifecycle
 from memos_pipeline.schemas import AddRequest, SearchJob
 from memos_pipeline.search.recall import fast_search
 from memos_pipeline.stages import chunk as pipeline
-from memos_pipeline.storage import store
+from memos_pipeline.stages import index as index_stage
+from memos_pipeline.storage import ingests, memories, tenants
 from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex
 from memos_pipeline.storage.db import session_scope
 
@@ -62,7 +64,7 @@ def world(settings: Settings, index: TantivyIndex) -> Iterator[World]:
     emb = HashEmbedder()
     for t in range(4):
         with session_scope(settings) as s:
-            tenant_id, key = store.create_api_key(s, f"iso-{uuid.uuid4().hex[:8]}-{t}")
+            tenant_id, key = tenants.create_api_key(s, f"iso-{uuid.uuid4().hex[:8]}-{t}")
         w.keys[tenant_id], w.memories[tenant_id], w.tasks[tenant_id] = key, set(), []
         for user in USERS:
             req = AddRequest(
@@ -73,16 +75,16 @@ def world(settings: Settings, index: TantivyIndex) -> Iterator[World]:
                     {"role": "assistant", "content": "noted"},
                 ],
             )
-            stages = store.initial_stages(llm=False, scheduler=False, preference=False)
+            stages = lifecycle.initial_stages(llm=False, scheduler=False, preference=False)
             with session_scope(settings) as s:
-                acc = store.accept_ingest(
+                acc = ingests.accept_ingest(
                     s, tenant_id, req, trace_id="iso", stages=stages, task_name="memos.chunker.chunk"
                 )
             w.tasks[tenant_id].append(acc.task_id)
             pipeline.chunk_ingest(settings, emb, acc.ingest_id)
-            pipeline.index_ingest(settings, index, acc.ingest_id)
+            index_stage.index_ingest(settings, index, acc.ingest_id)
             with session_scope(settings) as s:
-                w.memories[tenant_id] |= {str(m.id) for m in store.memories_of_ingest(s, acc.ingest_id)}
+                w.memories[tenant_id] |= {str(m.id) for m in memories.memories_of_ingest(s, acc.ingest_id)}
     yield w
 
 

@@ -36,7 +36,7 @@ from memos_pipeline.celery_app import (
     make_celery,
 )
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import store
+from memos_pipeline.storage import ingests, tenants
 from memos_pipeline.storage.db import session_scope
 from workers.metrics import metrics_port
 
@@ -176,7 +176,7 @@ def test_an_add_is_timed_per_queue_retried_and_its_lag_recorded(
     metered: Settings, api: FlaskClient, fake_llm: FakeLLM
 ) -> None:
     with session_scope(metered) as s:
-        _, key = store.create_api_key(s, f"metrics-{uuid.uuid4().hex[:8]}", "test")
+        _, key = tenants.create_api_key(s, f"metrics-{uuid.uuid4().hex[:8]}", "test")
     auth = {"Authorization": f"Token {key}"}
     before = {q: scrape(metered, q) for q in WORKER_QUEUES}
     fake_llm.script(routes={"facts": [{"status": 500}, {"auto": True}]})
@@ -202,7 +202,7 @@ def test_an_add_is_timed_per_queue_retried_and_its_lag_recorded(
     # One lag sample, this ingest's: accepted (ingests.created_at) to its indexer stage done, as the database has it.
     assert delta(indexer, before["indexer"], "memos_ingest_lag_seconds_count") == 1
     with session_scope(metered) as s:
-        ingest = store.get_ingest(s, uuid.UUID(status["ingest_id"]))
+        ingest = ingests.get_ingest(s, uuid.UUID(status["ingest_id"]))
         assert ingest is not None
         searchable_at = dt.datetime.fromisoformat(ingest.stages["indexer"]["finished_at"])
         expected = (searchable_at - ingest.created_at).total_seconds()

@@ -19,9 +19,8 @@ from memos_pipeline.config import Settings
 from memos_pipeline.ingest import deadletter
 from memos_pipeline.storage.bm25 import Bm25Query
 from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex
-from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.db import content_hash, session_scope
 from memos_pipeline.storage.models import Memory
-from memos_pipeline.storage.store import content_hash
 from memos_pipeline.text.tokenizer import analyzed, tokenize
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,196 @@
+"""Memories: raw windows, facts and preferences, their versions and their soft deletes. Every read of customer
+data takes the tenant (and user) and filters on it here, so that ids alone never reach another tenant's rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from memos_pipeline.storage.db import content_hash, now
+from memos_pipeline.storage.models import AuditLog, Ingest, Memory, MemoryEdge
+
+
+def upsert_raw_memories(session: Session, ingest: Ingest, rows: Sequence[dict[str, Any]]) -> list[uuid.UUID]:
+    """Insert raw windows; a window already stored for (ingest, chunk_idx) is kept as is (redelivery-safe)."""
+    if rows:
+        stmt = insert(Memory).values(
+            [
+                {
+                    "tenant_id": ingest.tenant_id,
+                    "user_id": ingest.user_id,
+                    "conversation_id": ingest.conversation_id,
+                    "ingest_id": ingest.id,
+                    "kind": "raw",
+                    "memory_type": "RawMemory",
+                    "status": "activated",
+                    **r,
+                }
+                for r in rows
+            ]
+        )
+        session.execute(stmt.on_conflict_do_nothing(constraint="uq_memories_ingest_kind_chunk"))
+    ids = session.execute(
+        select(Memory.id).where(Memory.ingest_id == ingest.id, Memory.kind == "raw").order_by(Memory.chunk_idx)
+    ).scalars()
+    return list(ids)
+
+
+def memories_of_ingest(session: Session, ingest_id: uuid.UUID) -> list[Memory]:
+    q = select(Memory).where(Memory.ingest_id == ingest_id).order_by(Memory.kind, Memory.chunk_idx, Memory.created_at)
+    return list(session.execute(q).scalars())
+
+
+def memories_by_ids(session: Session, ids: Sequence[uuid.UUID]) -> list[Memory]:
+    return list(session.execute(select(Memory).where(Memory.id.in_(ids))).scalars())
+
+
+def count_memories(session: Session, tenant_id: uuid.UUID, user_id: str | None = None) -> int:
+    q = select(func.count()).select_from(Memory).where(Memory.tenant_id == tenant_id)
+    if user_id is not None:
+        q = q.where(Memory.user_id == user_id)
+    return int(session.execute(q).scalar_one())
+
+
+def page_memories(
+    session: Session,
+    tenant_id: uuid.UUID,
+    user_id: str,
+    *,
+    conversation_id: str | None,
+    memory_type: str | None,
+    kind: str | None,
+    status: str,
+    page: int,
+    size: int,
+) -> tuple[list[Memory], int]:
+    conds = [Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.status == status]
+    if conversation_id is not None:
+        conds.append(Memory.conversation_id == conversation_id)
+    if memory_type is not None:
+        conds.append(Memory.memory_type == memory_type)
+    if kind is not None:
+        conds.append(Memory.kind == kind)
+    total = int(session.execute(select(func.count()).select_from(Memory).where(*conds)).scalar_one())
+    rows = session.execute(
+        select(Memory).where(*conds).order_by(Memory.created_at.desc(), Memory.id).offset((page - 1) * size).limit(size)
+    ).scalars()
+    return list(rows), total
+
+
+def user_memory(
+    session: Session, tenant_id: uuid.UUID, user_id: str, memory_id: uuid.UUID, *, lock: bool = False
+) -> Memory | None:
+    q = select(Memory).where(Memory.id == memory_id, Memory.tenant_id == tenant_id, Memory.user_id == user_id)
+    q = q.with_for_update().execution_options(populate_existing=True) if lock else q
+    return session.execute(q).scalar_one_or_none()
+
+
+def audit(
+    session: Session,
+    tenant_id: uuid.UUID | None,
+    actor: str,
+    action: str,
+    target_type: str,
+    target_id: str,
+    **details: Any,
+) -> None:
+    session.add(
+        AuditLog(
+            tenant_id=tenant_id,
+            actor=actor,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            details=details,
+        )
+    )
+
+
+def soft_delete(
+    session: Session, tenant_id: uuid.UUID, user_id: str, ids: Sequence[uuid.UUID], actor: str
+) -> list[uuid.UUID]:
+    """Mark the user's memories deleted (only theirs: other ids are ignored) and audit each."""
+    rows = session.execute(
+        update(Memory)
+        .where(Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.id.in_(ids), Memory.status != "deleted")
+        .values(status="deleted", updated_at=func.now())
+        .returning(Memory.id)
+    ).scalars()
+    deleted = list(rows)
+    for mid in deleted:
+        audit(session, tenant_id, actor, "delete_memory", "memory", str(mid), user_id=user_id)
+    return deleted
+
+
+def new_version(
+    session: Session,
+    old: Memory,
+    *,
+    memory_value: str,
+    memory_key: str,
+    tags: list[str],
+    embedding: Any,
+    actor: str,
+    reason: str,
+) -> Memory:
+    """Write ``old``'s successor and archive ``old``: history is kept, never overwritten."""
+    new = Memory(
+        tenant_id=old.tenant_id,
+        user_id=old.user_id,
+        conversation_id=old.conversation_id,
+        ingest_id=None,
+        kind=old.kind,
+        memory_key=memory_key,
+        memory_value=memory_value,
+        memory_type=old.memory_type,
+        tags=tags,
+        status="activated",
+        sources=list(old.sources or []),
+        source_message_ids=list(old.source_message_ids or []),
+        info={**(old.info or {}), "merged_from": str(old.id), "reason": reason},
+        embedding=embedding,
+        content_hash=content_hash(memory_key, memory_value),
+        version=old.version + 1,
+    )
+    session.add(new)
+    session.flush()
+    old.status = "archived"
+    old.updated_at = now()
+    session.add(MemoryEdge(tenant_id=old.tenant_id, src_id=new.id, dst_id=old.id, kind="merged_from"))
+    audit(session, old.tenant_id, actor, "update_memory", "memory", str(new.id), previous=str(old.id), reason=reason)
+    return new
+
+
+def history(session: Session, tenant_id: uuid.UUID, user_id: str, memory_id: uuid.UUID) -> list[Memory]:
+    """The memory's versions, newest first: follow merged_from edges forward to successors and back."""
+    start = user_memory(session, tenant_id, user_id, memory_id)
+    if start is None:
+        return []
+    seen = {start.id}
+    newer = _follow_merged(session, start.id, MemoryEdge.dst_id, MemoryEdge.src_id, seen)  # who replaced it
+    older = _follow_merged(session, start.id, MemoryEdge.src_id, MemoryEdge.dst_id, seen)  # what it replaced
+    chain = [*reversed(newer), start, *older]
+    return [m for m in chain if m.tenant_id == tenant_id and m.user_id == user_id]
+
+
+def _follow_merged(
+    session: Session, start: uuid.UUID, from_col: Any, to_col: Any, seen: set[uuid.UUID]
+) -> list[Memory]:
+    """Walk merged_from edges from ``start`` (from_col -> to_col) until the chain ends or loops."""
+    out: list[Memory] = []
+    cur = start
+    while True:
+        nxt = session.execute(
+            select(to_col).where(from_col == cur, MemoryEdge.kind == "merged_from")
+        ).scalar_one_or_none()
+        if nxt is None or nxt in seen:
+            return out
+        seen.add(nxt)
+        cur = nxt
+        out.append(session.get_one(Memory, nxt))

@@ -1,0 +1,573 @@
+"""The MemOS client's contract (../shared/MEMOS_API_CONTRACT.md), call by call, over real HTTP.
+
+Every request here is built the way MemOS's own Python client builds it: every key it sends, the ones its caller
+did not set as JSON null, posted with ``data=json.dumps(body)``, ``Content-Type: application/json`` and
+``Authorization: Token <key>``. Every answer must be a 2xx whose body the client's response model accepts
+(``tests/memos_client_models.py``): if it did not, the client would send the same request again, twice.
+
+The API is a real gunicorn process on the session's database, queues and workers (``workers`` fixture), as in
+test_schemathesis.py; each test gets its own tenant, so the data of one test never meets another's.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pytest
+import requests
+from live_api import run_api
+from memos_client_models import (
+    AddResponse,
+    DeleteResponse,
+    GetMemoryResponse,
+    GetMessagesResponse,
+    RawResponse,
+    SearchResponse,
+    TaskStatusEnvelope,
+    UpdateResponse,
+)
+from pydantic import BaseModel
+from sqlalchemy import func, select, update
+
+from memos_pipeline.config import Settings
+from memos_pipeline.storage import store
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import AuditLog, Ingest, Memory, Message
+
+pytestmark = pytest.mark.integration
+
+M = TypeVar("M", bound=BaseModel)
+
+TRIP = [
+    {"role": "user", "content": "I am planning a trip to Lisbon in May and want to see the old tram lines."},
+    {"role": "assistant", "content": "Tram 28 crosses the old town; ride it early in the morning."},
+    {"role": "user", "content": "I will stay in Alfama, near the castle."},
+    {"role": "assistant", "content": "Alfama is hilly, so bring comfortable shoes."},
+]
+PETS = [
+    {"role": "user", "content": "My grey cat Pixel hates the vacuum cleaner."},
+    {"role": "assistant", "content": "Many cats do; try running it while Pixel is in another room."},
+    {"role": "user", "content": "Pixel also loves sleeping on the radiator."},
+]
+WORK = [
+    {"role": "user", "content": "I switched jobs and now write Rust for a robotics startup."},
+    {"role": "assistant", "content": "Congratulations! Robotics and Rust go well together."},
+]
+
+
+# ---------------------------------------------------------------- the client's requests
+
+
+def add_body(messages: list[dict[str, Any]], user_id: str, conversation_id: str, info: dict[str, Any] | None = None,
+             source: str | None = None, app_id: str | None = None, agent_id: str | None = None,
+             allow_public: bool = False, allow_knowledgebase_ids: list[str] | None = None,
+             allow_memory_view: bool = False, tags: list[str] | None = None,
+             async_mode: bool = True) -> dict[str, Any]:  # fmt: skip
+    """add_message's payload: every key, the caller's defaults included."""
+    return {
+        "messages": messages, "user_id": user_id, "conversation_id": conversation_id, "info": info,
+        "source": source, "app_id": app_id, "agent_id": agent_id, "allow_public": allow_public,
+        "allow_knowledgebase_ids": allow_knowledgebase_ids, "allow_memory_view": allow_memory_view, "tags": tags,
+        "async_mode": async_mode,
+    }  # fmt: skip
+
+
+def search_body(query: str, user_id: str, conversation_id: str | None, **given: Any) -> dict[str, Any]:
+    """search_memory's payload with the client's defaults (limits 6, include_preference true, context_format
+    "memory"); the fields without a documented default are sent as null."""
+    body: dict[str, Any] = {
+        "query": query, "user_id": user_id, "conversation_id": conversation_id, "agent_id": None,
+        "memory_limit_number": 6, "include_preference": True, "knowledgebase_ids": None, "filter": None,
+        "preference_limit_number": 6, "tool_memory_limit_number": 6, "relativity": None, "include_skill": False,
+        "skill_limit_number": None, "include_memory_view": False, "context_format": "memory", "source": None,
+        "include_tool_memory": False,
+    }  # fmt: skip
+    body.update(given)
+    return body
+
+
+def get_memory_body(user_id: str, **given: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "user_id": user_id, "include_preference": True, "agent_id": None, "include_tool_memory": False,
+        "include_memory_view": False, "filter": None, "page": 1, "size": 10,
+    }  # fmt: skip
+    body.update(given)
+    return body
+
+
+def get_message_body(user_id: str, conversation_id: str | None, **given: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "user_id": user_id, "conversation_id": conversation_id, "conversation_limit_number": 6,
+        "message_limit_number": 6, "source": None,
+    }  # fmt: skip
+    body.update(given)
+    return body
+
+
+def update_body(memory_id: str, content: str | None = None, title: str | None = None,
+                status: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """update_memory's payload: no user_id, the key alone says whose memory it may be."""
+    return {"memory_id": memory_id, "content": content, "title": title, "status": status}
+
+
+# ---------------------------------------------------------------- HTTP, as the client does it
+
+
+class Api:
+    """One tenant's client: the MemOS client's headers and body encoding."""
+
+    def __init__(self, base: str, key: str) -> None:
+        self.base = base
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Token {key}"}
+
+    def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> requests.Response:
+        return requests.post(f"{self.base}{path}", data=json.dumps(body), headers={**self.headers, **(headers or {})},
+                             timeout=60)  # fmt: skip
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(f"{self.base}{path}", headers=self.headers, timeout=60)
+
+    def ok(self, path: str, body: dict[str, Any], model: type[M], headers: dict[str, str] | None = None) -> M:
+        """A 2xx whose body the client's model accepts (what the client needs to not retry)."""
+        resp = self.post(path, body, headers)
+        return parse(resp, model)
+
+    def add(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+        out = self.ok("/add/message", body, AddResponse, headers)
+        assert out.data.success is True
+        return out.model_dump()["data"]  # type: ignore[no-any-return]
+
+    def wait_done(self, task_ids: list[str], timeout: float = 120.0) -> None:
+        """Poll /get/status until every ingest finished (a bounded wait, not a timing assertion)."""
+        for task_id in task_ids:
+            final = wait_for(lambda t=task_id: self._finished(t), f"ingest {task_id} to finish", timeout)
+            assert final == "done", final
+
+    def _finished(self, task_id: str) -> str | None:
+        status = self.ok("/get/status", {"task_id": task_id}, TaskStatusEnvelope).data.status
+        return status if status in ("done", "failed") else None
+
+    def memories(self, user_id: str, **given: Any) -> list[dict[str, Any]]:
+        out = self.ok("/get/memory", get_memory_body(user_id, size=200, **given), GetMemoryResponse)
+        return [m.model_dump() for m in out.data.memory_detail_list]
+
+    def search_ids(self, user_id: str, query: str, **given: Any) -> set[str]:
+        body = search_body(query, user_id, None, memory_limit_number=50, **given)
+        out = self.ok("/search/memory", body, SearchResponse)
+        return {str(m.model_dump()["id"]) for m in out.data.memory_detail_list}
+
+
+def parse(resp: requests.Response, model: type[M]) -> M:
+    assert 200 <= resp.status_code < 300, f"{resp.status_code} {resp.text[:2000]}"
+    return model.model_validate(resp.json())
+
+
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T | None], what: str, timeout: float) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def base_url(workers: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # No per-key rate limit: the module sends many requests per tenant within a minute.
+    cfg = workers.with_overrides(rate_limit_per_min=0)
+    with run_api(cfg, log=tmp_path_factory.mktemp("contract") / "api.log") as base:
+        yield base
+
+
+def new_tenant(settings: Settings) -> tuple[uuid.UUID, str]:
+    with session_scope(settings) as s:
+        return store.create_api_key(s, f"contract-{uuid.uuid4().hex[:10]}", "contract")
+
+
+@pytest.fixture
+def api(base_url: str, tenant: tuple[uuid.UUID, str]) -> Api:
+    return Api(base_url, tenant[1])
+
+
+@pytest.fixture
+def seeded(api: Api) -> dict[str, str]:
+    """Three conversations of two users, processed: u1/trip (agent a1, tagged travel, info.scene=chat),
+    u1/pets (agent a2), u2/work. Returns their task ids."""
+    tasks = {
+        "trip": api.add(
+            add_body(TRIP, "u1", "trip", agent_id="a1", app_id="app1", tags=["travel"], info={"scene": "chat"})
+        )["task_id"],  # fmt: skip
+        "pets": api.add(add_body(PETS, "u1", "pets", agent_id="a2"))["task_id"],
+        "work": api.add(add_body(WORK, "u2", "work"))["task_id"],
+    }
+    api.wait_done(list(tasks.values()))
+    return tasks
+
+
+def counts(settings: Settings, tenant_id: uuid.UUID, user_id: str, conversation_id: str) -> tuple[int, int, int]:
+    """(ingests, messages, raw memories) of one conversation."""
+    with session_scope(settings) as s:
+        scope = (Ingest.tenant_id == tenant_id, Ingest.user_id == user_id, Ingest.conversation_id == conversation_id)
+        ingests = s.execute(select(func.count()).select_from(Ingest).where(*scope)).scalar_one()
+        messages = s.execute(select(func.count()).select_from(Message).where(
+            Message.tenant_id == tenant_id, Message.user_id == user_id, Message.conversation_id == conversation_id,
+        )).scalar_one()  # fmt: skip
+        raw = s.execute(select(func.count()).select_from(Memory).where(
+            Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.conversation_id == conversation_id,
+            Memory.kind == "raw",
+        )).scalar_one()  # fmt: skip
+        return int(ingests), int(messages), int(raw)
+
+
+# ---------------------------------------------------------------- add_message
+
+
+def test_add_message_exactly_as_the_client_sends_it(api: Api, settings: Settings,
+                                                    tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+    """Nulls for info, source, app_id, agent_id, allow_knowledgebase_ids and tags mean "not given"; the answer
+    has success, task_id and status; the conversation is stored once."""
+    data = api.add(add_body(TRIP, "u1", "c1"))
+    assert data["status"] == "accepted" and data["task_id"]
+    assert data["ignored"] == []  # the client's defaults ask for nothing we do not do
+    assert data["duplicate"] is False
+    assert counts(settings, tenant[0], "u1", "c1")[:2] == (1, len(TRIP))
+
+
+def test_add_message_with_every_field_set(api: Api, settings: Settings, tenant: tuple[uuid.UUID, str]) -> None:
+    """Fields we do not implement (public memories, knowledge bases, memory views) are accepted and reported in
+    data.ignored, never applied; the ones we do are stored with the ingest. async_mode false waits for the chain."""
+    body = add_body(TRIP, "u1", "c1", info={"scene": "chat", "biz_id": "b1"}, source="web", app_id="app1",
+                    agent_id="a1", allow_public=True, allow_knowledgebase_ids=["kb1"], allow_memory_view=True,
+                    tags=["travel"], async_mode=False)  # fmt: skip
+    data = api.add(body)
+    assert set(data["ignored"]) == {"allow_public", "allow_knowledgebase_ids", "allow_memory_view"}
+    assert data["status"] == "done"  # sync: the whole chain ran before the answer
+    assert data["memory_detail_list"]
+    with session_scope(settings) as s:
+        ingest = s.execute(select(Ingest).where(Ingest.tenant_id == tenant[0])).scalar_one()
+        assert ingest.request == {"agent_id": "a1", "app_id": "app1", "source": "web", "tags": ["travel"],
+                                  "info": {"scene": "chat", "biz_id": "b1"}}  # fmt: skip
+
+
+def test_the_seed_snippet_add_then_search(api: Api) -> None:
+    """The README's requests snippet: add, wait, search, all with data=json.dumps and the Token header."""
+    task = api.add(add_body(PETS, "u1", "c1"))["task_id"]
+    api.wait_done([task])
+    out = api.ok("/search/memory", search_body("What is the name of my cat?", "u1", "c1"), SearchResponse)
+    assert any("Pixel" in str(m.model_dump()["memory_value"]) for m in out.data.memory_detail_list)
+
+
+# ---------------------------------------------------------------- retries: one add, however often it is sent
+
+
+@pytest.mark.parametrize("variant", ["no-ids", "client-ids", "idempotency-key"])
+def test_three_identical_adds_in_sequence_are_one_ingest(api: Api, settings: Settings,
+                                                         tenant: tuple[uuid.UUID, str], variant: str) -> None:  # fmt: skip
+    """The client's own retry pattern: the same body again at once, 3 attempts in all."""
+    messages = [{**m, "id": f"m{i}"} for i, m in enumerate(TRIP)] if variant == "client-ids" else TRIP
+    headers = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"} if variant == "idempotency-key" else None
+    answers = [api.add(add_body(messages, "u1", "c1"), headers) for _ in range(3)]
+    assert len({a["task_id"] for a in answers}) == 1
+    assert len({a["ingest_id"] for a in answers}) == 1
+    assert [a["duplicate"] for a in answers] == [False, True, True]
+    api.wait_done([answers[0]["task_id"]])
+    ingests, messages_stored, raw = counts(settings, tenant[0], "u1", "c1")
+    assert (ingests, messages_stored) == (1, len(TRIP))
+    assert raw == len(TRIP) - 2  # the 3-turn windows of one copy of the conversation
+
+
+def test_three_identical_adds_at_once_are_one_ingest(api: Api, settings: Settings,
+                                                     tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+    """Three threads release the same add together: one is accepted, the others answer with its task_id."""
+    body = add_body(PETS, "u1", "c1")
+    barrier = threading.Barrier(3)
+
+    def send(_: int) -> requests.Response:
+        barrier.wait()
+        return api.post("/add/message", body)
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = [parse(r, AddResponse).model_dump()["data"] for r in pool.map(send, range(3))]
+    assert len({a["task_id"] for a in answers}) == 1
+    assert sorted(a["duplicate"] for a in answers) == [False, True, True]
+    assert counts(settings, tenant[0], "u1", "c1")[:2] == (1, len(PETS))
+
+
+def test_a_retry_is_recognised_only_for_the_same_add(api: Api, settings: Settings,
+                                                     tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+    """Another user, another conversation or other messages are another add, and so is the same add once the
+    window (MEMOS_ADD_DEDUP_WINDOW_S) has passed since the first: a user may say the same thing twice."""
+    first = api.add(add_body(WORK, "u1", "c1"))
+    assert api.add(add_body(WORK, "u2", "c1"))["task_id"] != first["task_id"]
+    assert api.add(add_body(WORK, "u1", "c2"))["task_id"] != first["task_id"]
+    assert api.add(add_body(WORK[:1], "u1", "c1"))["task_id"] != first["task_id"]
+    with session_scope(settings) as s:  # the first add, as if accepted 11 minutes ago
+        s.execute(update(Ingest).where(Ingest.task_id == first["task_id"])
+                  .values(created_at=func.now() - func.make_interval(0, 0, 0, 0, 0, 11)))  # fmt: skip
+    later = api.add(add_body(WORK, "u1", "c1"))
+    assert later["task_id"] != first["task_id"] and later["duplicate"] is False
+    assert counts(settings, tenant[0], "u1", "c1")[0] == 3
+
+
+# ---------------------------------------------------------------- search_memory
+
+
+@pytest.mark.parametrize("nulls", [False, True], ids=["client-defaults", "all-optional-null"])
+def test_search_memory_exactly_as_the_client_sends_it(api: Api, seeded: dict[str, str], nulls: bool) -> None:
+    body = search_body("Where will I stay in Lisbon?", "u1", "trip")
+    if nulls:
+        body = {k: (v if k in ("query", "user_id") else None) for k, v in body.items()}
+    out = api.ok("/search/memory", body, SearchResponse)
+    assert isinstance(out.data.preference_note, str)
+    items = [m.model_dump() for m in out.data.memory_detail_list]
+    assert items and "Alfama" in items[0]["memory_value"]
+    assert len(items) <= 6  # memory_limit_number's default
+    assert out.model_dump()["data"]["ignored"] == []
+
+
+def test_search_reports_what_it_ignored(api: Api, seeded: dict[str, str]) -> None:
+    body = search_body("Lisbon", "u1", None, include_tool_memory=True, include_skill=True,
+                       knowledgebase_ids=["kb1"], include_memory_view=True)  # fmt: skip
+    data = api.ok("/search/memory", body, SearchResponse).model_dump()["data"]
+    assert set(data["ignored"]) == {"include_tool_memory", "include_skill", "knowledgebase_ids",
+                                    "include_memory_view"}  # fmt: skip
+    assert data["tool_memory_detail_list"] == [] and data["skill_detail_list"] == []
+
+
+def test_search_filter_object(api: Api, seeded: dict[str, str]) -> None:
+    """MemOS's filter: conversation, memory type, tags (of the add), agent, info fields, creation time, and/or."""
+    q = "cat tram Lisbon Pixel radiator"
+    both = api.search_ids("u1", q)
+    trip = api.search_ids("u1", q, filter={"conversation_id": "trip"})
+    pets = api.search_ids("u1", q, filter={"and": [{"agent_id": "a2"}, {"create_time": {"gte": "2000-01-01"}}]})
+    assert trip and pets and not trip & pets and trip | pets == both
+    assert api.search_ids("u1", q, filter={"tags": {"contains": "travel"}}) == trip
+    assert api.search_ids("u1", q, filter={"scene": "chat"}) == trip
+    assert api.search_ids("u1", q, filter={"or": [{"conversation_id": "trip"}, {"agent_id": "a2"}]}) == both
+    assert api.search_ids("u1", q, filter={"memory_type": "LongTermMemory"}) == set()
+    assert api.search_ids("u1", q, filter={"create_time": {"lt": "2000-01-01"}}) == set()
+    assert api.search_ids("u1", q, filter={"create_time": {"lte": "2999-12-31T23:59:59Z"}}) == both
+
+
+def test_search_relativity_is_a_minimum_score(api: Api, seeded: dict[str, str]) -> None:
+    body = search_body("Where will I stay in Lisbon?", "u1", None, relativity=0.0)
+    everything = [m.model_dump() for m in api.ok("/search/memory", body, SearchResponse).data.memory_detail_list]
+    assert len(everything) >= 2
+    cut = sorted(m["relativity"] for m in everything)[-1]  # only the best one reaches it
+    body["relativity"] = cut
+    best = [m.model_dump() for m in api.ok("/search/memory", body, SearchResponse).data.memory_detail_list]
+    assert best and all(m["relativity"] >= cut for m in best)
+    assert {m["id"] for m in best} < {m["id"] for m in everything}
+
+
+# ---------------------------------------------------------------- get_memory, get_memory_by_id
+
+
+def test_get_memory_exactly_as_the_client_sends_it(api: Api, seeded: dict[str, str]) -> None:
+    out = api.ok("/get/memory", get_memory_body("u1"), GetMemoryResponse)
+    raw_windows = (len(TRIP) - 2) + (len(PETS) - 2)
+    assert (out.data.total, out.data.size, out.data.current) == (raw_windows, 10, 1)
+    assert out.data.pages == 1 and len(out.data.memory_detail_list) == raw_windows
+    assert out.data.preference_detail_list == []  # asked for; none without an LLM
+    page2 = api.ok("/get/memory", get_memory_body("u1", page=2, size=2), GetMemoryResponse)
+    assert (page2.data.current, page2.data.size, page2.data.pages) == (2, 2, 2)
+
+
+def test_get_memory_filter_and_agent(api: Api, seeded: dict[str, str]) -> None:
+    trip = {m["id"] for m in api.memories("u1", filter={"conversation_id": "trip"})}
+    assert trip and {m["id"] for m in api.memories("u1", agent_id="a1")} == trip
+    assert {m["id"] for m in api.memories("u1", filter={"tags": {"contains": "travel"}})} == trip
+    assert api.memories("u1", filter={"and": [{"agent_id": "a1"}, {"agent_id": "a2"}]}) == []
+
+
+def test_get_memory_by_id(api: Api, base_url: str, settings: Settings, seeded: dict[str, str]) -> None:
+    memory = api.memories("u1")[0]
+    out = parse(api.get(f"/get/memory/{memory['id']}"), RawResponse).model_dump()["data"]
+    assert out["id"] == memory["id"] and out["memory_value"] == memory["memory_value"]
+    assert api.get(f"/get/memory/{uuid.uuid4()}").status_code == 404
+    other = Api(base_url, new_tenant(settings)[1])
+    assert other.get(f"/get/memory/{memory['id']}").status_code == 404
+
+
+# ---------------------------------------------------------------- get_message, get_task_status
+
+
+def test_get_message_exactly_as_the_client_sends_it(api: Api, seeded: dict[str, str]) -> None:
+    out = api.ok("/get/message", get_message_body("u1", "trip"), GetMessagesResponse)
+    got = [m.model_dump() for m in out.data.message_detail_list]
+    assert [(m["role"], m["content"]) for m in got] == [(m["role"], m["content"]) for m in TRIP]
+    last = api.ok("/get/message", get_message_body("u1", "trip", message_limit_number=2), GetMessagesResponse)
+    assert [m.model_dump()["content"] for m in last.data.message_detail_list] == [m["content"] for m in TRIP[-2:]]
+
+
+def test_get_message_without_a_conversation(api: Api, seeded: dict[str, str]) -> None:
+    """conversation_id null: the user's latest conversations (conversation_limit_number), the latest
+    message_limit_number messages of each."""
+    out = api.ok("/get/message", get_message_body("u1", None), GetMessagesResponse)
+    got = [m.model_dump() for m in out.data.message_detail_list]
+    assert {m["conversation_id"] for m in got} == {"trip", "pets"}
+    assert len(got) == len(TRIP) + len(PETS)
+    one = api.ok("/get/message", get_message_body("u1", None, conversation_limit_number=1, message_limit_number=1),
+                 GetMessagesResponse)  # fmt: skip
+    assert [m.model_dump()["content"] for m in one.data.message_detail_list] == [PETS[-1]["content"]]
+
+
+def test_get_task_status_exactly_as_the_client_sends_it(api: Api) -> None:
+    task_id = api.add(add_body(WORK, "u1", "c1"))["task_id"]
+    out = api.ok("/get/status", {"task_id": task_id}, TaskStatusEnvelope)
+    assert out.data.task_id == task_id and out.data.status in ("accepted", "processing", "done")
+
+
+# ---------------------------------------------------------------- update_memory
+
+
+def test_update_memory_exactly_as_the_client_sends_it(api: Api, seeded: dict[str, str]) -> None:
+    """No user_id: the key's tenant is the scope. content is the new value; the old version is archived."""
+    old = api.memories("u1", filter={"conversation_id": "trip"})[0]
+    out = api.ok("/update/memory", update_body(old["id"], content="I will stay in Belém, not Alfama."),
+                 UpdateResponse).model_dump()["data"]  # fmt: skip
+    assert out["success"] is True and out["memory_value"] == "I will stay in Belém, not Alfama."
+    assert out["id"] != old["id"] and out["ignored"] == []
+    live = {m["id"]: m for m in api.memories("u1")}
+    assert old["id"] not in live and live[out["id"]]["memory_value"] == out["memory_value"]
+    assert old["id"] in {m["id"] for m in api.memories("u1", status="archived")}
+
+
+def test_update_memory_title_is_the_key(api: Api, seeded: dict[str, str]) -> None:
+    old = api.memories("u1")[0]
+    out = api.ok("/update/memory", update_body(old["id"], title="lodging"), UpdateResponse).model_dump()["data"]
+    assert out["memory_key"] == "lodging" and out["memory_value"] == old["memory_value"]
+
+
+# ---------------------------------------------------------------- delete_memory, every form
+
+
+def test_delete_by_memory_ids_alone(api: Api, seeded: dict[str, str], settings: Settings,
+                                    tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+    gone = api.memories("u1", filter={"conversation_id": "trip"})[0]["id"]
+    out = api.ok("/delete/memory", {"memory_ids": [gone]}, DeleteResponse).model_dump()["data"]
+    assert out["success"] is True and out["deleted"] == [gone]
+    assert gone not in {m["id"] for m in api.memories("u1")}
+    assert gone not in api.search_ids("u1", "Lisbon Alfama tram castle")  # at once: no wait for the index
+    with session_scope(settings) as s:
+        assert s.execute(select(func.count()).select_from(AuditLog).where(
+            AuditLog.tenant_id == tenant[0], AuditLog.action == "delete_memory", AuditLog.target_id == gone,
+        )).scalar_one() == 1  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "removed"),
+    [
+        ({"user_id": "u1"}, {"trip", "pets"}),
+        ({"agent_id": "a1"}, {"trip"}),
+        ({"user_id": "u1", "conversation_id": "pets"}, {"pets"}),
+        ({"filter": {"conversation_id": "work"}}, {"work"}),
+        ({"filter": {"or": [{"tags": {"contains": "travel"}}, {"conversation_id": "work"}]}}, {"trip", "work"}),
+        ({"user_id": "u1", "memory_type": "RawMemory"}, {"trip", "pets"}),
+        ({"user_id": "u1", "memory_type": "LongTermMemory"}, set()),
+    ],
+    ids=["user", "agent", "conversation", "filter", "filter-or", "user-raw", "user-other-type"],
+)
+def test_delete_by_scope(api: Api, seeded: dict[str, str], body: dict[str, Any], removed: set[str]) -> None:
+    """Soft delete of everything in the scope, gone from get and search at once; nothing outside it."""
+    before = {u: api.memories(u) for u in ("u1", "u2")}
+    out = api.ok("/delete/memory", body, DeleteResponse).model_dump()["data"]
+    assert out["success"] is True
+    expect_gone = {m["id"] for ms in before.values() for m in ms if m["conversation_id"] in removed}
+    assert set(out["deleted"]) == expect_gone
+    for user, ms in before.items():
+        left = {m["id"] for m in api.memories(user)}
+        assert left == {m["id"] for m in ms} - expect_gone
+        assert not api.search_ids(user, "Lisbon tram Pixel cat Rust robotics") & expect_gone
+
+
+# ---------------------------------------------------------------- the key's tenant is the scope
+
+
+def test_id_only_update_and_delete_stay_in_the_keys_tenant(api: Api, base_url: str, settings: Settings,
+                                                           seeded: dict[str, str]) -> None:  # fmt: skip
+    mine = api.memories("u1")[0]
+    thief = Api(base_url, new_tenant(settings)[1])
+    resp = thief.post("/update/memory", update_body(mine["id"], content="overwritten"))
+    assert resp.status_code == 404 and resp.json()["message"].startswith("memory_id")
+    out = thief.ok("/delete/memory", {"memory_ids": [mine["id"]]}, DeleteResponse).model_dump()["data"]
+    assert out["deleted"] == [] and out["not_found"] == [mine["id"]]
+    for body in ({"user_id": "u1"}, {"filter": {"conversation_id": mine["conversation_id"]}}):
+        assert thief.ok("/delete/memory", body, DeleteResponse).model_dump()["data"]["deleted"] == []
+    still = {m["id"]: m for m in api.memories("u1")}
+    assert still[mine["id"]]["memory_value"] == mine["memory_value"]
+    assert still[mine["id"]]["status"] == "activated"
+
+
+# ---------------------------------------------------------------- real errors stay errors
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/add/message", add_body([{"role": "user", "content": ""}], "u1", "c1"), "messages[0].content"),
+        ("/add/message", {**add_body(TRIP, "u1", "c1"), "tags": "travel"}, "tags"),
+        ("/add/message", {**add_body(TRIP, "u1", "c1"), "allow_public": [1]}, "allow_public"),
+        ("/add/message", {**add_body(TRIP, "u1", "c1"), "bogus": 1}, "bogus"),
+        ("/search/memory", search_body("q", "u1", None, relativity="high"), "relativity"),
+        ("/search/memory", search_body("q", "u1", None, filter="trip"), "filter"),
+        ("/search/memory", search_body("q", "u1", None, filter={"create_time": {"gte": "someday"}}),
+         "filter.create_time.gte"),
+        ("/search/memory", search_body("q", "u1", None, filter={"and": {"conversation_id": "x"}}), "filter.and"),
+        ("/get/memory", get_memory_body("u1", size=0), "size"),
+        ("/get/message", get_message_body("u1", "c1", message_limit_number=-1), "message_limit_number"),
+        ("/update/memory", update_body("not-a-uuid", content="x"), "memory_id"),
+        ("/update/memory", update_body(str(uuid.uuid4())), "body"),
+        ("/delete/memory", {"memory_ids": None}, "body"),
+        ("/delete/memory", {"filter": {}}, "filter"),
+    ],
+    ids=["empty-content", "tags-not-list", "bool-not-bool", "unknown-key", "relativity-type", "filter-type",
+         "filter-date", "filter-and-not-list", "size-0", "limit-negative", "bad-id", "update-nothing",
+         "delete-nothing", "delete-empty-filter"],
+)  # fmt: skip
+def test_real_errors_are_422_naming_the_field(api: Api, path: str, body: dict[str, Any], field: str) -> None:
+    resp = api.post(path, body)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["message"].split(":", 1)[0] == field, resp.json()
+
+
+# ---------------------------------------------------------------- MemOS server routes: the scheduler
+
+
+def test_scheduler_wait_blocks_until_the_users_ingests_are_done(api: Api) -> None:
+    tasks = [api.add(add_body(m, "u1", f"c{i}"))["task_id"] for i, m in enumerate((TRIP, PETS, WORK))]
+    resp = api.post("/product/scheduler/wait?user_name=u1&timeout_seconds=120", {})
+    assert resp.status_code == 200, resp.text
+    data = resp.json()["data"]
+    assert data["timed_out"] is False and data["running_tasks"] == 0 and data["user_name"] == "u1"
+    for task_id in tasks:
+        assert api.ok("/get/status", {"task_id": task_id}, TaskStatusEnvelope).data.status == "done"
+    status = api.post("/product/scheduler/status", {"user_id": "u1"})
+    assert status.status_code == 200 and status.json()["data"]["running_tasks"] == 0
+
+
+def test_scheduler_wait_times_out_while_work_is_pending(api: Api, settings: Settings,
+                                                        tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+    """An ingest that cannot finish (we hold its row as if a stage were still running) keeps the user busy."""
+    task_id = api.add(add_body(WORK, "u1", "c1"))["task_id"]
+    api.wait_done([task_id])
+    with session_scope(settings) as s:
+        s.execute(update(Ingest).where(Ingest.task_id == task_id).values(status="processing"))
+    resp = api.post("/product/scheduler/wait", {"user_id": "u1", "timeout_seconds": 0.2})
+    assert resp.status_code == 200, resp.text
+    data = resp.json()["data"]
+    assert data["timed_out"] is True and data["running_tasks"] == 1
+    assert api.get("/product/scheduler/status?user_name=u1").json()["data"]["running_tasks"] == 1
+    other_user = api.post("/product/scheduler/wait", {"user_id": "u2", "timeout_seconds": 0.2}).json()["data"]
+    assert other_user["timed_out"] is False
