@@ -14,6 +14,7 @@ from typing import ClassVar
 import click
 
 from memos_pipeline.config import get_settings
+from memos_pipeline.queues import QUEUES, queues_for
 
 
 class _LazyGroup(click.Group):
@@ -51,9 +52,11 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--queues", default="chunker,indexer,search,reranker", show_default=True, help="Worker queues to run.")
+@click.option(
+    "--queues", default=None, help="Worker queues to run (default: the core ones, plus the LLM stages with an LLM)."
+)
 @click.option("--no-api", is_flag=True, help="Run workers only.")
-def up(queues: str, no_api: bool) -> None:
+def up(queues: str | None, no_api: bool) -> None:
     """Start everything on the embedded defaults, in the foreground: database, migrations, workers, relay, API.
 
     Ctrl-C stops all of it cleanly (running tasks finish first: they are acknowledged only when done).
@@ -61,9 +64,8 @@ def up(queues: str, no_api: bool) -> None:
     from cli.stack import Stack
 
     settings = get_settings()
-    if settings.llm_enabled and queues == "chunker,indexer,search,reranker":
-        queues += ",memreader,preference"
-    stack = Stack(settings, queues=[q for q in queues.split(",") if q], api=not no_api)
+    names = [q for q in queues.split(",") if q] if queues else queues_for(settings.llm_enabled)
+    stack = Stack(settings, queues=names, api=not no_api)
     _install_term_handler()
     try:
         stack.start()
@@ -120,7 +122,7 @@ def api(dev: bool) -> None:
     "--queue",
     "queue",
     required=True,
-    type=click.Choice(["chunker", "memreader", "preference", "indexer", "search", "reranker"]),
+    type=click.Choice(list(QUEUES)),
     help="The queue this worker consumes (one queue per worker process).",
 )
 @click.option("-c", "--concurrency", type=int, default=None, help="Override the queue's default concurrency.")

@@ -16,20 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from memos_pipeline.config import Settings
+from memos_pipeline.queues import CORE_QUEUES, QUEUES
 from memos_pipeline.storage import migrate, pgserver
-
-# Per queue: pool and concurrency. Embedding is CPU-bound (solo: one model, torch uses the cores); the indexer
-# must be single-threaded (one BM25 index writer); search and the LLM stages wait on I/O, so threads.
-WORKER_POOLS: dict[str, tuple[str, int]] = {
-    "chunker": ("solo", 1),
-    "indexer": ("solo", 1),
-    "search": ("threads", 4),
-    "memreader": ("threads", 4),
-    "preference": ("threads", 4),
-    "reranker": ("threads", 4),
-}
-# The reranker worker is always up: any search request may ask for mode fine or mixture.
-CORE_QUEUES = ("chunker", "indexer", "search", "reranker")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -49,7 +37,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def worker_command(
     queue: str, settings: Settings, concurrency: int | None = None, pool: str | None = None
 ) -> list[str]:
-    default_pool, default_conc = WORKER_POOLS[queue]
+    spec = QUEUES[queue]
+    default_pool, default_conc = spec.pool, spec.concurrency or os.cpu_count() or 1
     return [
         sys.executable,
         "-m",

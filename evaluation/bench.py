@@ -481,7 +481,8 @@ def run_bench(
     seed: int = 7,
 ) -> dict[str, Any]:
     """Run every phase on a fresh stack and return the results (see the module docstring)."""
-    from cli.stack import CORE_QUEUES, Stack
+    from cli.stack import Stack
+    from memos_pipeline.queues import queues_for
 
     if messages < 1 or per_add < 1:
         raise ValueError("messages and per_add must be >= 1")
@@ -496,7 +497,7 @@ def run_bench(
         rate_limit_per_min=settings.rate_limit_per_min and 10_000_000,
     )
     own_db, started_pg, cfg = f"memos_bench_{run}", False, base
-    queues = [*CORE_QUEUES, "memreader", "preference"] if base.llm_enabled else list(CORE_QUEUES)
+    queues = queues_for(base.llm_enabled)
     gen = ConversationGenerator(seed)
     adds = plan_adds(gen, messages, per_add, min(CLIENT_THREADS, -(-messages // per_add)), base.chunk_overlap)
     n_probes = probes if probes is not None else max(3, min(30, len(adds) // 2))

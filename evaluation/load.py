@@ -190,7 +190,8 @@ def find_max(
 def isolated_stack(settings: Settings, run_id: str, tmp: Path) -> Iterator[tuple[Settings, Stack]]:
     """The stack ``up`` runs, on a database, queue prefix, BM25 directory and API port of its own; all removed
     (and the processes stopped) on exit."""
-    from cli.stack import CORE_QUEUES, Stack
+    from cli.stack import Stack
+    from memos_pipeline.queues import queues_for
 
     # The per-key rate limit stays on (its Redis round trip is part of every request) but out of the way.
     base = settings.with_overrides(
@@ -200,7 +201,7 @@ def isolated_stack(settings: Settings, run_id: str, tmp: Path) -> Iterator[tuple
         rate_limit_per_min=settings.rate_limit_per_min and 10_000_000,
     )
     own_db, started_pg, cfg = f"memos_load_{run_id}", False, base
-    queues = [*CORE_QUEUES, "memreader", "preference"] if base.llm_enabled else list(CORE_QUEUES)
+    queues = queues_for(base.llm_enabled)
     stack: Stack | None = None
     try:
         if base.embedded_db:
@@ -271,11 +272,11 @@ def run_load(
     gen = ConversationGenerator(seed)
     try:
         with isolated_stack(settings, run_id, tmp) as (cfg, stack):
-            from cli.stack import CORE_QUEUES
+            from memos_pipeline.queues import queues_for
 
             with session_scope(cfg) as s:
                 tenant_id, key = tenants.create_api_key(s, f"load-{run_id}", "memos-pipeline load")
-            queues = [*CORE_QUEUES, "memreader", "preference"] if cfg.llm_enabled else list(CORE_QUEUES)
+            queues = queues_for(cfg.llm_enabled)
             sampler = Sampler(cfg, queues, tenant_id, time.monotonic())
             driver = Driver(f"http://{cfg.api_host}:{cfg.api_port}", key)
             run = Run(cfg, driver, sampler, gen, gen.queries(50), progress)

@@ -247,7 +247,8 @@ def _delete_topology(settings: Settings) -> None:
 def own_stack(settings: Settings, name: str) -> Iterator[Harness]:
     """Database (its own one when embedded), workers, relay and API on an own queue prefix, port and BM25
     directory, plus a fresh tenant's key; everything the run created is removed on exit."""
-    from cli.stack import CORE_QUEUES, Stack
+    from cli.stack import Stack
+    from memos_pipeline.queues import queues_for
 
     run = secrets.token_hex(3)
     tmp = Path(tempfile.mkdtemp(prefix=f"memos-{name}-{run}-"))
@@ -266,7 +267,7 @@ def own_stack(settings: Settings, name: str) -> Iterator[Harness]:
         cfg = base.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{base.pg_port}/{own_db}")
     else:
         cfg = base
-    queues = [*CORE_QUEUES, "memreader", "preference"] if cfg.llm_enabled else list(CORE_QUEUES)
+    queues = queues_for(cfg.llm_enabled)
     # MEMOS_EVAL_VERBOSE=1 lets the workers' and the API's logs through to stderr (to find why a run fails).
     stack = Stack(cfg, queues=queues, quiet=os.environ.get("MEMOS_EVAL_VERBOSE") != "1")
     api: Api | None = None

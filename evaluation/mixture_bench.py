@@ -389,7 +389,8 @@ def run_mixture_bench(
     variants: Sequence[Variant] | None = None,
 ) -> dict[str, Any]:
     """Run every variant on a fresh stack and return the results (see the module docstring)."""
-    from cli.stack import CORE_QUEUES, Stack
+    from cli.stack import Stack
+    from memos_pipeline.queues import CORE_QUEUES
 
     if concurrency < 1 or searches < concurrency:
         raise ValueError("need concurrency >= 1 and searches >= concurrency")

@@ -10,17 +10,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from memos_pipeline.config import Settings
-
-# queue name -> what runs there (DESIGN.md section 4). Task names are memos.<queue>.<action>.
-QUEUES: dict[str, str] = {
-    "chunker": "window messages, embed, write raw memories",
-    "memreader": "LLM fact extraction, merge/dedup",
-    "preference": "explicit/implicit preference extraction",
-    "indexer": "BM25 upserts/deletes, graph edges, re-index",
-    "search": "fast recall and fusion",
-    "reranker": "rerank candidates",
-}
-DEAD_LETTER = "dead_letter"
+from memos_pipeline.queues import DEAD_LETTER, QUEUES
 
 
 def exchange(settings: Settings) -> Exchange:
@@ -86,8 +76,6 @@ def make_celery(settings: Settings, *, include: list[str] | None = None) -> Cele
         redis_backend_health_check_interval=10,
         # Remote control (inspect, ping: what Flower uses) and events on exchanges of this deployment's prefix:
         # otherwise every deployment sharing a broker answers, and Flower turns events on for all of them.
-        # Reconnect to the broker in 0.5-2 s steps instead of kombu's 2-30 s (workers/consumer.py).
-        worker_consumer="workers.consumer:QuickReconnectConsumer",
         control_exchange=settings.queue("celery"),
         event_exchange=settings.queue("celeryev"),
     )

@@ -5,18 +5,18 @@ from typing import Any
 from celery.signals import worker_init
 
 from memos_pipeline import logsafe
-from memos_pipeline.celery_app import QUEUES, declare_topology, make_celery
+from memos_pipeline.celery_app import declare_topology, make_celery
 from memos_pipeline.config import get_settings
+from memos_pipeline.queues import EMBEDDING_QUEUES, QUEUES
 from workers import metrics
 
 settings = get_settings()
 logsafe.install(settings)  # before Celery configures logging: no worker log record carries a secret
 app = make_celery(settings, include=[f"workers.{name}" for name in QUEUES])
+# Reconnect to the broker in 0.5-2 s steps instead of kombu's 2-30 s (workers/consumer.py).
+app.conf.worker_consumer = "workers.consumer:QuickReconnectConsumer"
 # Retries before a task is dead-lettered (MEMOS_TASK_MAX_RETRIES); each writing task passes it explicitly.
 MAX_RETRIES = settings.task_max_retries
-
-# Queues whose tasks embed text: their workers load the model before consuming, not on the first task.
-EMBEDDING_QUEUES = ("chunker", "search", "memreader", "preference")
 
 
 @worker_init.connect

@@ -24,8 +24,8 @@ from celery import Celery, Task
 from celery.signals import task_failure, task_postrun, task_prerun, task_retry
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
-from memos_pipeline.celery_app import QUEUES
 from memos_pipeline.config import Settings
+from memos_pipeline.queues import QUEUES, queue_of
 
 log = logging.getLogger("memos.workers.metrics")
 
@@ -61,18 +61,11 @@ _started: dict[tuple[str, int], float] = {}
 _started_lock = threading.Lock()
 
 
-def queue_of(task_name: str) -> str:
-    """The queue a task runs on: task names are ``memos.<queue>.<action>`` and routed by that (celery_app.py)."""
-    parts = task_name.split(".")
-    return parts[1] if len(parts) >= 3 and parts[0] == "memos" and parts[1] in QUEUES else "other"
-
-
 def metrics_port(settings: Settings, queues: Iterable[str]) -> int | None:
     """The port a worker consuming ``queues`` (unprefixed names) serves on, or None when metrics are off."""
     if not settings.worker_metrics_port:
         return None
-    order = list(QUEUES)
-    offsets = [order.index(q) for q in queues if q in QUEUES]
+    offsets = [QUEUES[q].metrics_offset for q in queues if q in QUEUES]
     return settings.worker_metrics_port + min(offsets, default=0)
 
 

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from memos_pipeline.celery_app import QUEUES
 from memos_pipeline.config import Settings
+from memos_pipeline.queues import QUEUES
 
 pytestmark = pytest.mark.unit
 
@@ -86,13 +86,15 @@ def test_each_worker_consumes_one_known_queue(services: dict[str, dict[str, Any]
     for name, queues in workers(services).items():
         assert len(queues) == 1, f"{name}: one -Q per worker, got {queues}"
         assert queues[0] in QUEUES, f"{name}: unknown queue {queues[0]!r} (prefixes come from MEMOS_QUEUE_PREFIX)"
-        assert len(option(command(services[name]), "-c")) == 1, f"{name}: set its concurrency with -c"
+        # The queue table is the one source of a worker's concurrency: compose says the same, or nothing when the
+        # table says "as many as the cores" (0).
+        want = QUEUES[queues[0]].concurrency
+        assert option(command(services[name]), "-c") == ([str(want)] if want else []), f"{name}: -c vs queues.py"
 
 
-@pytest.mark.parametrize("queue", ["chunker", "indexer"])
-def test_single_process_queues_have_concurrency_one(services: dict[str, dict[str, Any]], queue: str) -> None:
+def test_the_bm25_writer_is_single(services: dict[str, dict[str, Any]]) -> None:
     for name, queues in workers(services).items():
-        if queues == [queue]:
+        if queues == ["indexer"]:
             assert option(command(services[name]), "-c") == ["1"], name
             assert (services[name].get("deploy") or {}).get("replicas", 1) == 1, name
 

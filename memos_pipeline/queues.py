@@ -1,0 +1,57 @@
+"""The one table of queues: what runs on each, how its workers run, where their metrics are served.
+
+Pure data, no Celery: the app factory (routes, declared queues), the stack runner (``up``, the harness), the
+worker metrics and ``deploy/compose.yaml`` (checked by ``tests/unit/test_deploy.py``) all read it from here.
+Task names are ``memos.<queue>.<action>`` and are routed by the queue part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    does: str
+    # Celery pool and default concurrency of this queue's worker. Embedding is CPU-bound: processes, one torch
+    # thread each, as many as the cores (concurrency 0 = the number of cores). The indexer is the one BM25
+    # writer: solo. Search, the LLM stages and the reranker wait on I/O: threads.
+    pool: str
+    concurrency: int
+    embeds: bool  # loads the embedding model when the worker starts (warm before its first task)
+    core: bool  # started by `up` and the harness whether or not an LLM is configured
+
+    @property
+    def metrics_offset(self) -> int:
+        """Port offset of this queue's worker metrics (MEMOS_WORKER_METRICS_PORT + offset)."""
+        return list(QUEUES).index(self.name)
+
+
+QUEUES: dict[str, QueueSpec] = {
+    q.name: q
+    for q in (
+        QueueSpec("chunker", "window messages, embed, write raw memories", "prefork", 0, embeds=True, core=True),
+        QueueSpec("memreader", "LLM fact extraction, merge/dedup", "threads", 4, embeds=True, core=False),
+        QueueSpec("preference", "explicit/implicit preference extraction", "threads", 4, embeds=True, core=False),
+        QueueSpec("indexer", "BM25 upserts/deletes, graph edges, re-index", "solo", 1, embeds=False, core=True),
+        QueueSpec("search", "fast recall and fusion", "threads", 4, embeds=True, core=True),
+        QueueSpec("reranker", "rerank candidates", "threads", 4, embeds=False, core=True),
+    )
+}
+DEAD_LETTER = "dead_letter"
+# The reranker worker is always up: any search request may ask for mode fine or mixture.
+CORE_QUEUES = tuple(q.name for q in QUEUES.values() if q.core)
+LLM_QUEUES = tuple(q.name for q in QUEUES.values() if not q.core)
+EMBEDDING_QUEUES = tuple(q.name for q in QUEUES.values() if q.embeds)
+
+
+def queues_for(llm_enabled: bool) -> list[str]:
+    """The queues a full stack runs: the core ones, and the LLM stages when an LLM is configured."""
+    return [*CORE_QUEUES, *LLM_QUEUES] if llm_enabled else list(CORE_QUEUES)
+
+
+def queue_of(task_name: str) -> str:
+    """The queue a task runs on (``memos.<queue>.<action>``), or "other"."""
+    parts = task_name.split(".")
+    return parts[1] if len(parts) >= 3 and parts[0] == "memos" and parts[1] in QUEUES else "other"
