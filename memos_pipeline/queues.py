@@ -14,9 +14,10 @@ from dataclasses import dataclass
 class QueueSpec:
     name: str
     does: str
-    # Celery pool and default concurrency of this queue's worker. Embedding is CPU-bound: processes, one torch
-    # thread each, as many as the cores (concurrency 0 = the number of cores). The indexer is the one BM25
-    # writer: solo. Search, the LLM stages and the reranker wait on I/O: threads.
+    # Celery pool and default concurrency of this queue's worker (0: as many as the cores). The chunker runs
+    # threads, several ingests in flight, whose embedding calls coalesce into one model call (coalesce.py): a
+    # batch across ingests without holding any message back. The indexer is the one BM25 writer: solo. Search,
+    # the LLM stages and the reranker wait on I/O or share the model the same way: threads.
     pool: str
     concurrency: int
     embeds: bool  # loads the embedding model when the worker starts (warm before its first task)
@@ -31,7 +32,7 @@ class QueueSpec:
 QUEUES: dict[str, QueueSpec] = {
     q.name: q
     for q in (
-        QueueSpec("chunker", "window messages, embed, write raw memories", "prefork", 0, embeds=True, core=True),
+        QueueSpec("chunker", "window messages, embed, write raw memories", "threads", 8, embeds=True, core=True),
         QueueSpec("memreader", "LLM fact extraction, merge/dedup", "threads", 4, embeds=True, core=False),
         QueueSpec("preference", "explicit/implicit preference extraction", "threads", 4, embeds=True, core=False),
         QueueSpec("indexer", "BM25 upserts/deletes, graph edges, re-index", "solo", 1, embeds=False, core=True),

@@ -1,7 +1,8 @@
-"""The write path, as plain functions the workers call and the tests call directly.
+"""The chunk stage: an ingest's turns cut into windows (the raw memories), embedded and stored; from here on they
+are searchable by vector. The worker publishes what comes next (``lifecycle.next_stages``).
 
-Each function is idempotent: it re-reads its ingest by id, computes what is missing and upserts on natural keys,
-so a redelivered task (worker killed, broker restarted) converges to the same rows.
+Idempotent: it re-reads its ingest by id, computes what is missing and upserts on natural keys, so a redelivered
+task (worker killed, broker restarted) converges to the same rows.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +22,7 @@ from memos_pipeline.ingest import lifecycle
 from memos_pipeline.storage import db, ingests
 from memos_pipeline.storage import memories as memory_rows
 from memos_pipeline.storage.db import session_scope
-from memos_pipeline.text.chunking import Window, window_turns
+from memos_pipeline.text.chunking import Window, render_turn, window_turns
 
 log = logging.getLogger(__name__)
 
@@ -81,4 +83,33 @@ def chunk_ingest(settings: Settings, embedder: Embedder, ingest_id: uuid.UUID) -
             after = lifecycle.next_stages(ingest.stages)
         return ChunkResult(ingest_id, ids, after)
 
-    return embedders.with_active_model(embedder, [w.text for w in windows], write)
+    texts, combine = embedding_plan(windows, settings.window_vectors)
+    return embedders.with_active_model(embedder, texts, write, combine)
+
+
+def embedding_plan(windows: list[Window], mode: str) -> tuple[list[str], Callable[[np.ndarray], np.ndarray] | None]:
+    """What to embed for ``windows`` and how the vectors become one per window.
+
+    "turns": every distinct turn once, with its date line; a window's vector is the normalised mean of its turns'
+    vectors. Windows slide one turn at a time, so embedding whole windows would embed each turn three times (and
+    attention cost grows faster than the text). "window": each window's text.
+    """
+    if mode == "window":
+        return [w.text for w in windows], None
+    position: dict[str, int] = {}
+    texts: list[str] = []
+    for w in windows:
+        for turn in w.turns:
+            if turn.message_id not in position:
+                position[turn.message_id] = len(texts)
+                texts.append(render_turn(turn))
+    rows = [[position[turn.message_id] for turn in w.turns] for w in windows]
+
+    def combine(turn_vectors: np.ndarray) -> np.ndarray:
+        if not rows:
+            return turn_vectors[:0]
+        means = np.stack([turn_vectors[r].mean(axis=0) for r in rows])
+        norms = np.linalg.norm(means, axis=1, keepdims=True)
+        return (means / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+    return texts, combine
