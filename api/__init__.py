@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.memories import bp as memories_bp
     from api.meta import bp as meta_bp
     from api.meta import instrument
+    from api.scheduler import bp as scheduler_bp
     from api.search import bp as search_bp
 
     errors.register(app)
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     instrument(app)
     app.register_blueprint(meta_bp)
-    for bp in (health_bp, ingest_bp, search_bp, memories_bp):
+    for bp in (health_bp, ingest_bp, search_bp, memories_bp, scheduler_bp):
         app.register_blueprint(bp)
         # /product/* aliases of every route (the MemOS product API paths)
         app.register_blueprint(bp, url_prefix="/product", name=f"product_{bp.name}")

@@ -51,7 +51,11 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def validation_error(exc: ValidationError) -> ApiError:
-    errors = [{"field": _loc(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()]
+    # A validator that checks a whole structure (the MemOS filter) puts the part at fault in ctx["path"].
+    errors = [
+        {"field": _loc((*e["loc"], *e.get("ctx", {}).get("path", ()))), "message": e["msg"], "type": e["type"]}
+        for e in exc.errors()
+    ]
     first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return ApiError(422, VALIDATION, f"{first['field']}: {first['message']}{more}", {"errors": errors})

@@ -29,12 +29,16 @@ def add_message() -> tuple[Response, int]:
         raise ApiError(400, INVALID_BODY, "Idempotency-Key: 1 to 128 printable characters")
     res = accept_add(cfg, celery(), g.tenant_id, req, trace_id=g.request_id, idempotency_key=key)
     acc = res.accepted
+    # success/task_id/status: what MemOS's client requires (without them it re-sends the add). duplicate: this was
+    # a retry of an add accepted before (same Idempotency-Key, or the same add within MEMOS_ADD_DEDUP_WINDOW_S).
     data: dict[str, Any] = {
+        "success": True,
         "task_id": acc.task_id,
         "ingest_id": str(acc.ingest_id),
         "status": "accepted",
         "published": res.published,
         "duplicate": acc.duplicate,
+        "ignored": req.ignored(),
     }
     if (req.async_mode or cfg.async_mode) == "sync":
         data.update(_wait_for(cfg, acc.ingest_id, g.tenant_id))

@@ -16,6 +16,7 @@ from memos_pipeline.schemas import (
     GetMemoryRequest,
     GetMessageRequest,
     MemoryHistoryRequest,
+    SchedulerRequest,
     SearchRequest,
     StatusRequest,
     UpdateMemoryRequest,
@@ -88,6 +89,7 @@ def openapi_spec() -> dict[str, Any]:
                 "responses": responses,
             }
         }
+    paths.update(_extra_paths(schemas, err))
     paths["/health"] = {
         "get": {
             "summary": "Liveness and readiness",
@@ -125,6 +127,59 @@ def openapi_spec() -> dict[str, Any]:
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization", "description": "Token <key>"}
             },
+        },
+    }
+
+
+def _extra_paths(schemas: dict[str, Any], err: dict[str, Any]) -> dict[str, Any]:
+    """The routes that are not a POST of a JSON body: get-by-id, and MemOS's scheduler routes (query string, or
+    an optional JSON body)."""
+    envelope = _json("#/components/schemas/Envelope", "ok")
+    errors = dict.fromkeys(("400", "401", "413", "422", "429"), err)
+    schema = SchedulerRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    schemas[SchedulerRequest.__name__] = schema
+    query = [
+        {"name": "user_name", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1}},
+        {"name": "timeout_seconds", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0}},
+        {"name": "poll_interval", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0.01}},
+    ]
+    with_body = {
+        "security": [{"token": []}],
+        "parameters": query,
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SchedulerRequest"}}},
+        },
+        "responses": {"200": envelope, **errors},
+    }
+    return {
+        "/get/memory/{memory_id}": {
+            "get": {
+                "summary": "One memory (or preference) by id, in the key's tenant",
+                "security": [{"token": []}],
+                "parameters": [
+                    {
+                        "name": "memory_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "format": "uuid"},
+                    }
+                ],
+                "responses": {"200": envelope, "401": err, "404": err, "429": err},
+            }
+        },
+        "/scheduler/status": {
+            "get": {
+                "summary": "Ingests in flight (of a user, or of the tenant)",
+                "security": [{"token": []}],
+                "parameters": query[:1],
+                "responses": {"200": envelope, "401": err, "422": err, "429": err},
+            },
+            "post": {"summary": "Ingests in flight (of a user, or of the tenant)", **with_body},
+        },
+        "/scheduler/wait": {
+            "post": {"summary": "Block until a user's (or the tenant's) ingests are done, or a timeout", **with_body}
         },
     }
 

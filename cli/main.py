@@ -246,20 +246,25 @@ def dlq_replay(task_id: str | None) -> None:
 @click.option("-n", "--messages", default=2000, show_default=True, help="Messages to add.")
 @click.option("--per-add", default=10, show_default=True, help="Messages per add request.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-def bench(messages: int, per_add: int, as_json: bool) -> None:
-    """Benchmark the write and read paths end to end; prints JSON (latencies p50/p99, throughput)."""
+@click.option(
+    "--compare",
+    type=click.Choice(["mem0"]),
+    default=None,
+    help="Also run mem0 OSS (infer=False, same embedder, offline; needs the 'compare' extra) on the same adds and "
+    "queries, and print the ratios.",
+)
+def bench(messages: int, per_add: int, as_json: bool, compare: str | None) -> None:
+    """Benchmark the write and read paths end to end; prints JSON (latencies p50/p99, throughput, targets)."""
     from evaluation.bench import run_bench
 
-    result = run_bench(get_settings(), messages=messages, per_add=per_add, progress=not as_json)
+    result = run_bench(get_settings(), messages=messages, per_add=per_add, progress=not as_json, compare=compare)
     click.echo(json.dumps(result, indent=2))
 
 
-from cli.reindex import reindex as _reindex  # noqa: E402  (heavy imports inside are lazy)
+from cli.batchjob import reembed as _reembed  # noqa: E402  (heavy imports inside are lazy)
+from cli.batchjob import reindex as _reindex  # noqa: E402
 
 main.add_command(_reindex)
-
-from cli.reembed import reembed as _reembed  # noqa: E402  (heavy imports inside are lazy)
-
 main.add_command(_reembed)
 
 from cli.flower import flower as _flower  # noqa: E402

@@ -22,12 +22,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import datetime as dt
 import os
-import secrets
-import shutil
-import socket
 import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -36,18 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import requests
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import bindparam, text
 from tqdm import tqdm
 
+from cli.client import ApiClient
+from cli.harness import Isolated, isolated, tenant_of
+from evaluation import metrics
 from evaluation.texts import ConversationGenerator
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import Embedder, get_embedder
 from memos_pipeline.stages.chunk import embedding_plan
-from memos_pipeline.storage import pgserver, tenants
-from memos_pipeline.storage.db import get_engine, session_scope
+from memos_pipeline.storage.db import get_engine
 from memos_pipeline.storage.models import EMBEDDING_DIM
 from memos_pipeline.text.chunking import Turn, Window, window_turns
 
@@ -55,7 +50,6 @@ USER_ID = "bench_user"
 TOP_K = 10
 CLIENT_THREADS = 4
 WARMUP_SEARCHES = 5
-HTTP_TIMEOUT_S = 30.0
 SEARCHABLE_TIMEOUT_S = 120.0
 OTHER_CPU = "other (other users; shared postgres/system processes)"
 
@@ -64,58 +58,16 @@ Latency = dict[str, float | int | None]
 
 def latency(samples_ms: Sequence[float]) -> Latency:
     """p50/p99 in milliseconds (linear interpolation) and the sample count."""
-    if not samples_ms:
-        return {"p50": None, "p99": None, "n": 0}
-    arr = np.asarray(samples_ms, dtype=np.float64)
-    return {
-        "p50": round(float(np.percentile(arr, 50)), 2),
-        "p99": round(float(np.percentile(arr, 99)), 2),
-        "n": len(samples_ms),
-    }
+    return metrics.latency_summary(samples_ms, extra=())
 
 
-class Api:
-    """JSON POSTs to the API, one ``requests.Session`` (keep-alive connection) per calling thread."""
+def add_one(api: ApiClient, conversation_id: str, messages: list[dict[str, Any]]) -> tuple[float, str]:
+    ms, data = api.add(USER_ID, conversation_id, messages)
+    return ms, str(data["ingest_id"])
 
-    def __init__(self, base: str, key: str) -> None:
-        self.base = base
-        self._headers = {"Authorization": f"Token {key}"}
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._lock = threading.Lock()
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers.update(self._headers)
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
-
-    def post(self, path: str, body: dict[str, Any], expect: int = 200) -> tuple[float, dict[str, Any]]:
-        """(round trip in ms until the whole response is read, the envelope's ``data``)."""
-        t0 = time.perf_counter()
-        r = self._session().post(self.base + path, json=body, timeout=HTTP_TIMEOUT_S)
-        ms = (time.perf_counter() - t0) * 1000
-        if r.status_code != expect:
-            raise RuntimeError(f"POST {path}: HTTP {r.status_code} (expected {expect}): {r.text[:300]}")
-        data: dict[str, Any] = r.json()["data"]
-        return ms, data
-
-    def add(self, conversation_id: str, messages: list[dict[str, Any]]) -> tuple[float, str]:
-        ms, data = self.post(
-            "/add/message", {"user_id": USER_ID, "conversation_id": conversation_id, "messages": messages}, expect=202
-        )
-        return ms, str(data["ingest_id"])
-
-    def search(self, query: str) -> tuple[float, dict[str, Any]]:
-        return self.post("/search/memory", {"user_id": USER_ID, "query": query, "top_k": TOP_K})
-
-    def close(self) -> None:
-        for s in self._sessions:
-            s.close()
+def search_one(api: ApiClient, query: str) -> tuple[float, dict[str, Any]]:
+    return api.search(USER_ID, query, top_k=TOP_K)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -158,7 +110,7 @@ def embedded_texts(settings: Settings, add: Add) -> list[str]:
 # ---------------------------------------------------------------- the HTTP phases
 
 
-def flood(api: Api, adds: list[Add], bar: tqdm[Any]) -> tuple[list[float], list[str], float]:
+def flood(api: ApiClient, adds: list[Add], bar: tqdm[Any]) -> tuple[list[float], list[str], float]:
     """Every add, one client thread per conversation sending back to back: (ack ms, ingest ids, first send)."""
     acks, ids, sent = [0.0] * len(adds), [""] * len(adds), [0.0] * len(adds)
     groups: dict[str, list[int]] = {}
@@ -168,7 +120,7 @@ def flood(api: Api, adds: list[Add], bar: tqdm[Any]) -> tuple[list[float], list[
     def client(indexes: list[int]) -> None:
         for i in indexes:
             sent[i] = time.time()
-            acks[i], ids[i] = api.add(adds[i].conversation_id, adds[i].messages)
+            acks[i], ids[i] = add_one(api, adds[i].conversation_id, adds[i].messages)
             bar.update()
 
     with cf.ThreadPoolExecutor(len(groups), thread_name_prefix="bench-client") as pool:
@@ -204,17 +156,17 @@ def wait_done(
 
 
 def probe_searchable(
-    api: Api, settings: Settings, gen: ConversationGenerator, probes: int, per_add: int, bar: tqdm[Any]
+    api: ApiClient, settings: Settings, gen: ConversationGenerator, probes: int, per_add: int, bar: tqdm[Any]
 ) -> tuple[list[float], list[float], list[int], list[str]]:
     """Idle-pipeline adds with a marker: (ms from 202 to a search returning it, ack ms, polls, ingest ids)."""
     found_ms, acks, polls, ids = [], [], [], []
     for i in range(probes):
         messages, marker, target = gen.probe(i, per_add)
-        ack, ingest_id = api.add("live", messages)
+        ack, ingest_id = add_one(api, "live", messages)
         accepted = time.perf_counter()
         n = 0
         while True:
-            _, data = api.search(marker)
+            _, data = search_one(api, marker)
             n += 1
             if any(target in m["sources"] for m in data["memory_detail_list"]):
                 found_ms.append((time.perf_counter() - accepted) * 1000)
@@ -233,15 +185,15 @@ def probe_searchable(
     return found_ms, acks, polls, ids
 
 
-def search_fast(api: Api, queries: list[str], n: int, bar: tqdm[Any]) -> tuple[list[float], dict[str, Any]]:
+def search_fast(api: ApiClient, queries: list[str], n: int, bar: tqdm[Any]) -> tuple[list[float], dict[str, Any]]:
     """``n`` searches one at a time, after a few unrecorded warm-ups: (round trips in ms, where the time went)."""
     for q in queries[:WARMUP_SEARCHES]:
-        api.search(q)
+        search_one(api, q)
     out: list[float] = []
     steps: dict[str, list[float]] = {}
     hits = 0
     for i in range(n):
-        ms, data = api.search(queries[i % len(queries)])
+        ms, data = search_one(api, queries[i % len(queries)])
         out.append(ms)
         hits += len(data["memory_detail_list"])
         timings: dict[str, float] = data.get("timings_ms") or {}
@@ -302,15 +254,17 @@ def stored_window_texts(settings: Settings, ingest_ids: list[str]) -> Counter[st
         return Counter(r[0] for r in conn.execute(sql, {"ids": [uuid.UUID(i) for i in ingest_ids]}))
 
 
+def ingest_rows(settings: Settings, ingest_ids: list[str], column: str) -> list[Any]:
+    """(created, finished: epoch seconds from Postgres, ``column``) of these ingests."""
+    sql = f"SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at), {column} FROM ingests WHERE id = ANY(:ids)"
+    with get_engine(settings).connect() as conn:
+        return list(conn.execute(text(sql), {"ids": [uuid.UUID(i) for i in ingest_ids]}).all())
+
+
 def stage_timings(settings: Settings, ingest_ids: list[str]) -> dict[str, Any]:
     """Per-stage latencies from ``ingests.stages`` (queue waits, chunker embed vs the rest, indexer), and how busy
     each single-process stage was over the ingests' wall time (near 1.0: that stage is the bottleneck)."""
-    sql = text(
-        "SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at), stages FROM ingests "
-        "WHERE id = ANY(:ids)"
-    )
-    with get_engine(settings).connect() as conn:
-        rows = conn.execute(sql, {"ids": [uuid.UUID(i) for i in ingest_ids]}).all()
+    rows = ingest_rows(settings, ingest_ids, "stages")
 
     def ts(iso: str) -> float:
         return dt.datetime.fromisoformat(iso).timestamp()
@@ -425,33 +379,12 @@ class CpuMeter:
 # ---------------------------------------------------------------- the run
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _db_backends(settings: Settings) -> list[int]:
     """Server pids of the connections to this run's own database (local embedded server only)."""
     with get_engine(settings).connect() as conn:
         return [
             int(r[0]) for r in conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
         ]
-
-
-def _delete_topology(settings: Settings) -> None:
-    """Remove the run's queues and exchanges from the broker (best effort)."""
-    from memos_pipeline.celery_app import dead_letter_exchange, declared_queues, exchange, make_celery
-
-    try:
-        with make_celery(settings).connection_for_write() as conn:
-            channel = conn.default_channel
-            for q in declared_queues(settings):
-                channel.queue_delete(q.name)
-            for ex in (exchange(settings), dead_letter_exchange(settings)):
-                channel.exchange_delete(ex.name)
-    except Exception as exc:
-        print(f"bench: could not delete the run's queues: {exc}", file=sys.stderr)
 
 
 def _contention_warnings(phases: dict[str, dict[str, Any]], threshold: float = 0.1) -> list[str]:
@@ -484,51 +417,36 @@ def run_bench(
     probes: int | None = None,
     searches: int = 200,
     seed: int = 7,
+    on: Isolated | None = None,
+    compare: str | None = None,
 ) -> dict[str, Any]:
-    """Run every phase on a fresh stack and return the results (see the module docstring)."""
-    from cli.stack import Stack
+    """Run every phase on a fresh stack (``on``: a stack the caller shares, with a tenant of the run's own) and
+    return the results (see the module docstring). ``compare="mem0"``: mem0 OSS on the same adds and queries
+    afterwards, in this process (evaluation/mem0_compare.py), and the ratios."""
     from memos_pipeline.queues import queues_for
 
     if messages < 1 or per_add < 1:
         raise ValueError("messages and per_add must be >= 1")
-    run, load_start = secrets.token_hex(3), list(os.getloadavg())
-    tmp = Path(tempfile.mkdtemp(prefix=f"memos-bench-{run}-"))
-    # The per-key rate limit stays on (its Redis round trip is part of every request) but high enough that the
-    # bench's own polling never trips it.
-    base = settings.with_overrides(
-        queue_prefix=f"bench{run}.",
-        api_port=_free_port(settings.api_host),
-        bm25_path=tmp / "bm25",
-        rate_limit_per_min=settings.rate_limit_per_min and 10_000_000,
-    )
-    own_db, started_pg, cfg = f"memos_bench_{run}", False, base
-    queues = queues_for(base.llm_enabled)
+    load_start = list(os.getloadavg())
+    queues = queues_for(settings.llm_enabled)
     gen = ConversationGenerator(seed)
-    adds = plan_adds(gen, messages, per_add, min(CLIENT_THREADS, -(-messages // per_add)), base.chunk_overlap)
+    adds = plan_adds(gen, messages, per_add, min(CLIENT_THREADS, -(-messages // per_add)), settings.chunk_overlap)
     n_probes = probes if probes is not None else max(3, min(30, len(adds) // 2))
     queries = gen.queries(50)
     bars: dict[str, Any] = {"file": sys.stderr, "disable": not progress, "leave": True}
-    api: Api | None = None
-    stack: Stack | None = None
-    try:
-        if base.embedded_db:  # a database of its own: same corpus size every run, nothing left in the user's data
-            started_pg = pgserver.start(base)
-            pgserver.ensure_database(base, own_db)
-            cfg = base.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{base.pg_port}/{own_db}")
-        stack = Stack(cfg, queues=queues, quiet=True)
-        t_start = time.perf_counter()
-        stack.start()
-        stack.wait_ready(timeout=180)
-        with session_scope(cfg) as s:
-            tenant_id, key = tenants.create_api_key(s, f"bench-{run}", "memos-pipeline bench")
-        api = Api(f"http://{cfg.api_host}:{cfg.api_port}", key)
-        _, warm_id = api.add("warmup", gen.conversation("warmup", per_add))  # pools, auth cache, BM25 reader
+    t_start = time.perf_counter()
+    # A database of its own (same corpus size every run, nothing left in the user's data). The per-key rate limit
+    # stays on (its Redis round trip is part of every request) but high enough that the polling never trips it.
+    rate_limit = settings.rate_limit_per_min and 10_000_000
+    with tenant_of(on, "bench") if on else isolated(settings, "bench", queues, rate_limit_per_min=rate_limit) as h:
+        cfg, api = h.settings, h.api
+        _, warm_id = add_one(api, "warmup", gen.conversation("warmup", per_add))  # pools, auth cache, BM25 reader
         wait_done(cfg, [warm_id], 60)
         startup_s = time.perf_counter() - t_start
-        roots = {name: p.pid for name, p in stack.procs}
+        roots = {name: p.pid for name, p in h.stack.procs}
+        own_db = cfg.database_url != settings.database_url
         cpu = CpuMeter(
-            {**roots, "bench (clients + in-process)": os.getpid()},
-            (lambda: _db_backends(cfg)) if cfg is not base else list,
+            {**roots, "bench (clients + in-process)": os.getpid()}, (lambda: _db_backends(cfg)) if own_db else list
         )
 
         with tqdm(total=len(adds), desc="add (flood)", unit="add", **bars) as bar:
@@ -546,30 +464,32 @@ def run_bench(
         cpu.phase("search over HTTP")
 
         embedder = get_embedder(cfg)  # loaded only now: the pipeline is idle, nothing competes for the cores
-        floor_ms = search_floor(cfg, embedder, tenant_id, queries, searches)
+        floor_ms = search_floor(cfg, embedder, h.tenant_id, queries, searches)
         per_add_texts = [embedded_texts(cfg, a) for a in adds]
         stored = Counter(w.text for a in adds for w in add_windows(cfg, a))
         texts_match = stored_window_texts(cfg, ingest_ids) == stored
         t_add, t_batched = embed_only(cfg, embedder, per_add_texts)
         cpu.phase("in process: search floor + embed only")
         flood_stages, probe_stages = stage_timings(cfg, ingest_ids), stage_timings(cfg, probe_ids)
-    finally:
-        if api is not None:
-            api.close()
-        if stack is not None:
-            stack.stop(stop_db=False)
-            _delete_topology(cfg)
-        if cfg is not base:
-            get_engine(cfg).dispose()
-            pgserver.drop_database(base, own_db)
-        if started_pg:
-            pgserver.release(base)
-        shutil.rmtree(tmp, ignore_errors=True)
 
     ack, searchable, search, floor = latency(acks), latency(tts), latency(search_ms), latency(floor_ms)
     ingest_rate = messages / ingest_s
     embed_rate, batched_rate = messages / t_add, messages / t_batched
+    compared: dict[str, Any] = {}
+    if compare == "mem0":
+        from evaluation.mem0_compare import run_mem0
+
+        mem0 = run_mem0(adds, queries, searches, USER_ID, TOP_K, cfg.torch_threads)
+        compared = {
+            "mem0": mem0,
+            "ratios": {
+                "ingest_msgs_per_s_over_mem0": _ratio(ingest_rate, mem0["ingest_msgs_per_s"]),
+                "time_to_searchable_p50_over_mem0": _ratio(searchable["p50"], mem0["time_to_searchable_ms"]["p50"]),
+                "search_p50_over_mem0": _ratio(search["p50"], mem0["search_ms"]["p50"]),
+            },
+        }
     return {
+        **({"compare": compared} if compared else {}),
         "config": {
             "messages": messages,
             "per_add": per_add,
@@ -606,6 +526,11 @@ def run_bench(
             "search_fast_p99_ms": _target(search["p99"], "<=", 50),
             "search_fast_p50_over_floor_p50": _target(_ratio(search["p50"], floor["p50"]), "<=", 1.5),
             "ingest_over_embed_only": _target(ingest_rate / embed_rate, ">=", 0.8),
+            **(
+                {"ingest_over_mem0": _target(compared["ratios"]["ingest_msgs_per_s_over_mem0"], ">=", 2.0)}
+                if compared
+                else {}
+            ),
         },
         "details": {
             "ingest_seconds": round(ingest_s, 3),

@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -42,16 +41,18 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from cli.harness import create_key, free_port, unwind_on_sigterm
 from evaluation.chaos_faults import AUTO, FAULTS, Chaos, FaultRun
 from evaluation.chaos_load import Client, Outcome, Sender, plan_adds
 from evaluation.chaos_measure import DEFINITIONS, count_phase, recovery, stage_rows, stage_summary, wait_drained
-from evaluation.chaos_services import ChaosStack, FakeLlmServer, RabbitNode, RedisServer, free_port
+from evaluation.chaos_services import ChaosStack, RabbitNode, RedisServer
 from evaluation.texts import ConversationGenerator
+from fakes.llm import FakeLLM
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
 from memos_pipeline.ingest.deadletter import replay
-from memos_pipeline.storage import pgserver, tenants
-from memos_pipeline.storage.db import get_engine, session_scope
+from memos_pipeline.storage import pgserver
+from memos_pipeline.storage.db import get_engine
 
 QUEUES = ("chunker", "indexer", "search", "memreader", "preference")
 SUMMARY = (
@@ -80,9 +81,7 @@ class Options:
     seed: int = 7
 
 
-def _settings(
-    base: Settings, tmp: Path, run: str, rabbit: RabbitNode, redis: RedisServer, llm: FakeLlmServer
-) -> Settings:
+def _settings(base: Settings, tmp: Path, run: str, rabbit: RabbitNode, redis: RedisServer, llm: FakeLLM) -> Settings:
     # The embedded Postgres on a port and data dir of its own (home), embedded BM25 (its documents are counted
     # from disk), short LLM timeouts (a hang is noticed in seconds), a relay that looks every half second.
     return base.with_overrides(
@@ -159,7 +158,7 @@ class ChaosRun:
         self.rabbit, self.redis, self.llm = (
             RabbitNode(self.tmp / "rabbitmq"),
             RedisServer(self.tmp / "redis"),
-            FakeLlmServer(),
+            FakeLLM(free_port()),  # the port now: the settings of the stack need the URL before it starts
         )
         self.cfg = _settings(base, self.tmp, self.run, self.rabbit, self.redis, self.llm)
         self.stack = ChaosStack(self.cfg, queues=QUEUES, quiet=True, log_dir=self.tmp / "logs")
@@ -178,16 +177,14 @@ class ChaosRun:
         t0 = time.monotonic()
         self.rabbit.launch()  # the slowest to boot: the others start meanwhile
         self.llm.start()
-        self.llm.script(defaults=AUTO)
+        self.llm.script(defaults=AUTO, reset=False)
         self.redis.start()
         pgserver.start(self.cfg)
         self.rabbit.wait()
         self.stack.start()
         self.stack.wait_ready(timeout=300)
-        with session_scope(self.cfg) as s:
-            tenant_id, key = tenants.create_api_key(s, f"chaos-{self.run}", "memos-pipeline chaos")
-        client = Client(f"http://{self.cfg.api_host}:{self.cfg.api_port}", key)
-        self.tenant_id = tenant_id
+        self.tenant_id, key = create_key(self.cfg, f"chaos-{self.run}")
+        client = Client(self.stack.base_url, key)
         # One add through the whole pipeline first: pools, caches and models are warm before the first fault.
         warm = plan_adds(self.gen, self.run, "warmup", 4, 4, 1, 10**6)
         sender = Sender(client, [warm[0].conversation_id], lambda _: None)
@@ -379,6 +376,7 @@ def markdown(result: dict[str, Any]) -> str:
 )
 @click.option(
     "--outage-seconds",
+    "outage_s",
     type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
@@ -386,6 +384,7 @@ def markdown(result: dict[str, Any]) -> str:
 )
 @click.option(
     "--down-seconds",
+    "down_s",
     type=click.FloatRange(min=0),
     default=5.0,
     show_default=True,
@@ -393,6 +392,7 @@ def markdown(result: dict[str, Any]) -> str:
 )
 @click.option(
     "--llm-fault-seconds",
+    "llm_fault_s",
     type=click.FloatRange(min=0),
     default=10.0,
     show_default=True,
@@ -415,18 +415,7 @@ def markdown(result: dict[str, Any]) -> str:
     help="Also write the summary table to this file.",
 )
 @click.option("--keep", is_flag=True, help="Keep the run's directory (service and worker logs) and print its path.")
-def chaos(
-    messages: int,
-    faults: str,
-    outage_seconds: float,
-    down_seconds: float,
-    llm_fault_seconds: float,
-    per_add: int,
-    sample: int,
-    as_json: bool,
-    md_path: Path | None,
-    keep: bool,
-) -> None:
+def chaos(faults: str, as_json: bool, md_path: Path | None, **options: Any) -> None:
     """Add messages while workers are SIGKILLed, RabbitMQ, Postgres and Redis restart and the LLM fails, hangs and
     answers garbage (on services of its own, never the shared ones); per fault: lost, duplicates, time to recover.
     Exits 1 unless every fault lost nothing and doubled nothing."""
@@ -436,24 +425,11 @@ def chaos(
     unknown = [f for f in names if f not in FAULTS]
     if unknown or not names:
         raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(FAULTS)}", param_hint="--faults")
-    if messages < 3 * len(names):
+    if options["messages"] < 3 * len(names):
         raise click.BadParameter("at least 3 messages per fault", param_hint="--messages")
 
-    def _exit(signum: int, _frame: object) -> None:  # SIGTERM unwinds like Ctrl-C: the services are stopped
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _exit)
-    opts = Options(
-        messages=messages,
-        faults=names,
-        outage_s=outage_seconds,
-        down_s=down_seconds,
-        llm_fault_s=llm_fault_seconds,
-        per_add=per_add,
-        sample=sample,
-        keep=keep,
-    )
-    result = run_chaos(get_settings(), opts)
+    unwind_on_sigterm()  # the services are stopped
+    result = run_chaos(get_settings(), Options(faults=names, **options))  # the other options are Options' fields
     if md_path is not None:
         md_path.write_text(markdown(result))
     if not as_json:

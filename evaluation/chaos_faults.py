@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import text
 
 from evaluation.chaos_load import Add, Client, Sender
-from evaluation.chaos_services import ChaosStack, FakeLlmServer, RabbitNode, RedisServer
+from evaluation.chaos_services import ChaosStack, RabbitNode, RedisServer
+from fakes.llm import FakeLLM
 from memos_pipeline.config import Settings
 from memos_pipeline.storage import pgserver
 from memos_pipeline.storage.db import get_engine
@@ -51,7 +52,7 @@ class Chaos:
     stack: ChaosStack
     rabbit: RabbitNode
     redis: RedisServer
-    llm: FakeLlmServer
+    llm: FakeLLM
     client: Client
     outage_s: float  # RabbitMQ stopped this long
     down_s: float  # Postgres and Redis stopped this long
@@ -154,7 +155,7 @@ def _search_while(client: Client, stop: threading.Event, out: Counter[str]) -> N
     """Searches every half second (Redis carries their results): how the API behaves while it is gone."""
     while not stop.wait(0.5):
         try:
-            client.search("what happened at the farmers market", top_k=3)
+            client.memories("what happened at the farmers market", top_k=3)
             out["ok"] += 1
         except Exception as exc:
             out[type(exc).__name__] += 1
@@ -197,7 +198,7 @@ def redis_flush_restart(ch: Chaos, sender: Sender, during: list[Add], conversati
 
 def _llm_fault_met(ch: Chaos, kind: str, conversations: list[str], t_start: float) -> bool:
     if kind != "llm_garbage":
-        return any(c["t"] >= t_start for c in ch.llm.calls())
+        return any(c["t"] >= t_start for c in ch.llm.calls()["calls"])
     sql = text(
         "SELECT 1 FROM ingests WHERE conversation_id = ANY(:c) AND ('failed' IN "
         "(stages->'memreader'->>'status', stages->'preference'->>'status')) LIMIT 1"
@@ -212,7 +213,9 @@ def _llm_fault(kind: str) -> Callable[[Chaos, Sender, list[Add], list[str]], Fau
         many = steps * 1000  # the route's queue: every call during the fault takes the next one, in a cycle
         t_start = time.time()
         ch.llm.script(
-            routes={"facts": many, "preferences": list(many)}, defaults={"facts": steps[0], "preferences": steps[0]}
+            routes={"facts": many, "preferences": list(many)},
+            defaults={"facts": steps[0], "preferences": steps[0]},
+            reset=False,
         )
         sender.submit(during, over_s=ch.llm_fault_s * 0.9)
         _sleep_until(t_start + ch.llm_fault_s)
@@ -221,9 +224,9 @@ def _llm_fault(kind: str) -> Callable[[Chaos, Sender, list[Add], list[str]], Fau
         deadline = time.monotonic() + LLM_FAULT_MAX_EXTRA_S
         while not _llm_fault_met(ch, kind, conversations, t_start) and time.monotonic() < deadline:
             time.sleep(0.2)
-        ch.llm.script(defaults=AUTO)
+        ch.llm.script(defaults=AUTO, reset=False)
         t_end = time.time()
-        calls = [c for c in ch.llm.calls() if t_start <= c["t"] <= t_end]
+        calls = [c for c in ch.llm.calls()["calls"] if t_start <= c["t"] <= t_end]
         # A hung call is logged when it arrives (its answer comes long after the client gave up): label it so.
         seen = Counter(f"{c['route']}:{'hung' if c['delay'] else c['status']}:{c['outcome']}" for c in calls)
         return FaultRun(

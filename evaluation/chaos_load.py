@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from cli.client import ApiClient
 from evaluation.texts import ConversationGenerator
 
 USER_ID = "chaos_user"
@@ -94,31 +95,12 @@ def plan_adds(
     return out
 
 
-class Client:
-    """POSTs with the run's key; one ``requests.Session`` per calling thread."""
+class Client(ApiClient):
+    """The run's client (one keep-alive session per sending thread): adds sent the careful way, and searches."""
 
-    def __init__(self, base: str, key: str) -> None:
-        self.base = base
-        self.headers = {"Authorization": f"Token {key}"}
-        self._local = threading.local()
-
-    def _session(self) -> requests.Session:
-        s: requests.Session | None = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-            s.headers.update(self.headers)
-        return s
-
-    def post(
-        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None, timeout: float = HTTP_TIMEOUT_S
-    ) -> requests.Response:
-        return self._session().post(self.base + path, json=body, headers=headers, timeout=timeout)
-
-    def search(self, query: str, top_k: int = 5, **filters: str) -> list[dict[str, Any]]:
+    def memories(self, query: str, top_k: int = 5, **filters: str) -> list[dict[str, Any]]:
         body = {"user_id": USER_ID, "query": query, "top_k": top_k, "filters": filters}
-        r = self.post("/search/memory", body, timeout=15)
-        r.raise_for_status()
-        found: list[dict[str, Any]] = r.json()["data"]["memory_detail_list"]
+        found: list[dict[str, Any]] = self.post("/search/memory", body, timeout=15)[1]["memory_detail_list"]
         return found
 
     def send(self, out: Outcome, stop: threading.Event) -> None:
@@ -129,7 +111,7 @@ class Client:
         while not stop.is_set():
             out.attempts += 1
             try:
-                r = self.post("/add/message", body, headers={"Idempotency-Key": add.key})
+                r = self.request("/add/message", body, headers={"Idempotency-Key": add.key})
             except requests.RequestException as exc:
                 out.errors.append(f"{type(exc).__name__}")
             else:

@@ -259,7 +259,7 @@ def count_phase(
             problems["not_in_bm25"].append(cid)
     checked = random.Random(seed).sample(sorted(expected), min(sample, len(expected)))
     for cid in checked:
-        hits = client.search(expected[cid].add.markers[cid], top_k=5, kind="raw")
+        hits = client.memories(expected[cid].add.markers[cid], top_k=5, kind="raw")
         if not any(cid in h["sources"] for h in hits):
             problems["not_found_by_search"].append(cid)
     lost = sorted({cid for ids in problems.values() for cid in ids})

@@ -1,4 +1,5 @@
-"""The chaos suite's own services: a RabbitMQ node, a redis-server, an embedded Postgres, a fake LLM and the stack.
+"""The chaos suite's own services: a RabbitMQ node, a redis-server, an embedded Postgres and the stack (the fake LLM
+is ``fakes.llm``).
 
 Every fault restarts one of these and nothing else: other people on the machine use the system broker (5672), Redis
 (6379) and the shared embedded Postgres (54329), so the suite never touches them. Each service here runs on a free
@@ -13,25 +14,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import redis
-import requests
 
+from cli.harness import free_port
 from cli.stack import Stack
-from memos_pipeline.config import Settings
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian: the real scripts; /usr/sbin wraps them in `su rabbitmq`
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -212,74 +205,16 @@ class RedisServer:
             self.proc = None
 
 
-class FakeLlmServer:
-    """``python -m evaluation.fake_llm`` as a child process, scripted over HTTP."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen[str] | None = None
-        self.port = free_port()  # chosen now: the settings of the stack need the URL before the server starts
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "evaluation.fake_llm", "--port", str(self.port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"the fake LLM server did not start on port {self.port}: {line!r}")
-
-    def script(self, **script: Any) -> None:
-        requests.post(f"http://127.0.0.1:{self.port}/_script", json=script, timeout=10).raise_for_status()
-
-    def calls(self) -> list[dict[str, Any]]:
-        r = requests.get(f"http://127.0.0.1:{self.port}/_calls", timeout=10)
-        r.raise_for_status()
-        calls: list[dict[str, Any]] = r.json()["calls"]
-        return calls
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _stop_process(self.proc, timeout=5)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
-            self.proc = None
-
-
 @dataclass
 class ChaosStack(Stack):
-    """The project's Stack (workers, relay, API as child processes), each child logging to its own file, with
-    SIGKILL and restart of one worker: the supervisor's part in the worker-kill fault."""
+    """The project's Stack (workers, relay, API as child processes, each logging to its own file in ``log_dir``),
+    with SIGKILL and restart of one worker: the supervisor's part in the worker-kill fault."""
 
-    log_dir: Path = Path(".")
     commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str], out: int | None) -> None:
-        # settings_env() skips unset (None) settings, so the children would inherit them from our environment:
-        # a MEMOS_DATABASE_URL or MEMOS_ES_URL exported in the shell must not send them to the shared services.
-        unset = {
-            str(f.validation_alias.choices[0])  # type: ignore[union-attr]
-            for n, f in Settings.model_fields.items()
-            if f.validation_alias is not None and getattr(self.settings, n) is None
-        }
-        env = {k: v for k, v in env.items() if k not in unset}
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         self.commands[name] = (cmd, env)
-        self.procs.append((name, self._popen(name, cmd, env)))
-
-    def _popen(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log: IO[bytes] = open(self.log_dir / f"{name.replace(':', '-')}.log", "ab")  # noqa: SIM115
-        try:
-            return subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
-        finally:
-            log.close()
+        super()._spawn(name, cmd, env)
 
     def kill_and_restart(self, name: str) -> tuple[int, int]:
         """SIGKILL the child (no shutdown, no acks: its unacknowledged task goes back to the queue) and start

@@ -6,12 +6,13 @@ Registered in the main CLI as ``main.add_command(eval_group)``; standalone: ``py
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
+from cli.harness import unwind_on_sigterm
 from evaluation import locomo as locomo_mod
 from evaluation import prefeval as prefeval_mod
 
@@ -44,18 +45,18 @@ def _ks(value: str) -> list[int]:
 _DATA = click.Path(exists=True, path_type=Path)
 
 
+def _emit(result: dict[str, Any], records: Any, report: Path | None, as_json: bool, write: Any, markdown: Any) -> None:
+    """The report files (if asked for), the markdown summary (unless --json), then the JSON result."""
+    if report is not None:
+        result["report"] = [str(p) for p in write(result, records, report)]
+    if not as_json:
+        click.echo(markdown(result))
+    click.echo(json.dumps(result, indent=2))
+
+
 @click.group("eval", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def eval_group() -> None:
     """Offline retrieval quality on real data, through the real pipeline (own stack, no LLM)."""
-
-
-def _unwind_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the run's own stack, queues and database are removed, not orphaned."""
-
-    def _exit(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _exit)
 
 
 @eval_group.command("locomo")
@@ -104,16 +105,11 @@ def locomo_cmd(
     from memos_pipeline.config import get_settings
 
     ks, mode_list = _ks(k), _modes(modes)
-    _unwind_on_sigterm()
+    unwind_on_sigterm()
     result, records = locomo_mod.run_locomo(
         get_settings(), data, ks=ks, modes=mode_list, conversations=conversations, budget=budget, top_k=top_k
     )
-    if report is not None:
-        paths = write_locomo_report(result, records, report)
-        result["report"] = [str(p) for p in paths]
-    if not as_json:
-        click.echo(locomo_markdown(result))
-    click.echo(json.dumps(result, indent=2))
+    _emit(result, records, report, as_json, write_locomo_report, locomo_markdown)
 
 
 @eval_group.command("prefeval")
@@ -145,15 +141,11 @@ def prefeval_cmd(
 
     fill: Sequence[int] = sorted(set(_ints(fillers, "--fillers")))
     ks, mode_list = _ks(k), _modes(modes)
-    _unwind_on_sigterm()
+    unwind_on_sigterm()
     result, records = prefeval_mod.run_prefeval(
         get_settings(), data, ks=ks, fillers=fill, topics=topics, modes=mode_list, seed=seed
     )
-    if report is not None:
-        result["report"] = [str(p) for p in write_prefeval_report(result, records, report)]
-    if not as_json:
-        click.echo(prefeval_markdown(result))
-    click.echo(json.dumps(result, indent=2))
+    _emit(result, records, report, as_json, write_prefeval_report, prefeval_markdown)
 
 
 if __name__ == "__main__":

@@ -21,33 +21,22 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-import signal
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
-from sqlalchemy import text
 from tqdm import tqdm
 
-from evaluation.bench import CpuMeter, _contention_warnings, _db_backends, _delete_topology, _free_port, stage_timings
+from cli.harness import Isolated, isolated, tenant_of, unwind_on_sigterm
+from evaluation.bench import CpuMeter, _contention_warnings, _db_backends, ingest_rows, stage_timings
 from evaluation.load_driver import Driver, Planned, Sampler
 from evaluation.load_report import Window, plot, summarize
 from evaluation.texts import ConversationGenerator
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import pgserver, tenants
-from memos_pipeline.storage.db import get_engine, session_scope
-
-if TYPE_CHECKING:
-    from cli.stack import Stack
+from memos_pipeline.queues import queues_for
 
 USER_ID = "load_user"
 CONVERSATIONS = 8  # adds are spread over this many conversations per step
@@ -86,32 +75,9 @@ def schedule(run: Run, step: int, add_rate: float, search_rate: float, seconds: 
     return plan
 
 
-def wait_drained(run: Run, timeout: float, quiet_samples: int = 2) -> bool:
-    """Until the backlog and every queue stay empty for a couple of samples, or ``timeout``."""
-    deadline, empty, seen = time.monotonic() + timeout, 0, -1
-    while time.monotonic() < deadline:
-        if run.sampler.error is not None:
-            raise RuntimeError(f"the queue sampler failed: {run.sampler.error!r}")
-        backlog, depths = run.sampler.latest()
-        n = len(run.sampler.timeline.t)
-        if n != seen:
-            seen = n
-            empty = empty + 1 if backlog == 0 and not any(depths.values()) else 0
-            if empty >= quiet_samples:
-                return True
-        time.sleep(0.1)
-    return False
-
-
 def ingest_times(cfg: Settings, ids: list[str]) -> list[tuple[float, float | None, str]]:
     """(created, finished, status) of these ingests, as epoch seconds from Postgres."""
-    sql = text(
-        "SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at), status FROM ingests "
-        "WHERE id = ANY(:ids)"
-    )
-    with get_engine(cfg).connect() as conn:
-        rows = conn.execute(sql, {"ids": [uuid.UUID(i) for i in ids]}).all()
-    return [(float(c), None if f is None else float(f), str(s)) for c, f, s in rows]
+    return [(float(c), None if f is None else float(f), str(s)) for c, f, s in ingest_rows(cfg, ids, "status")]
 
 
 def run_step(run: Run, step: int, add_rate: float, search_rate: float, seconds: float, per_add: int) -> dict[str, Any]:
@@ -121,7 +87,7 @@ def run_step(run: Run, step: int, add_rate: float, search_rate: float, seconds: 
         t0, outcomes = run.driver.run(plan, bar)
     wall_start = time.time() - (time.monotonic() - t0)
     # Drain: long enough for a backlog several windows deep at the pipeline's speed, bounded all the same.
-    wait_drained(run, timeout=max(60.0, 3 * seconds))
+    run.sampler.wait_drained(timeout=max(60.0, 3 * seconds))
     ingests = ingest_times(run.cfg, [o.ingest_id for o in outcomes if o.ingest_id])
     win = Window(start=t0 - run.sampler.t0, seconds=seconds, wall_start=wall_start)
     summary = summarize(outcomes, t0, win, run.sampler.timeline, ingests, add_rate, search_rate, per_add)
@@ -186,43 +152,6 @@ def find_max(
     return steps
 
 
-@contextmanager
-def isolated_stack(settings: Settings, run_id: str, tmp: Path) -> Iterator[tuple[Settings, Stack]]:
-    """The stack ``up`` runs, on a database, queue prefix, BM25 directory and API port of its own; all removed
-    (and the processes stopped) on exit."""
-    from cli.stack import Stack
-    from memos_pipeline.queues import queues_for
-
-    # The per-key rate limit stays on (its Redis round trip is part of every request) but out of the way.
-    base = settings.with_overrides(
-        queue_prefix=f"load{run_id}.",
-        api_port=_free_port(settings.api_host),
-        bm25_path=tmp / "bm25",
-        rate_limit_per_min=settings.rate_limit_per_min and 10_000_000,
-    )
-    own_db, started_pg, cfg = f"memos_load_{run_id}", False, base
-    queues = queues_for(base.llm_enabled)
-    stack: Stack | None = None
-    try:
-        if base.embedded_db:
-            started_pg = pgserver.start(base)
-            pgserver.ensure_database(base, own_db)
-            cfg = base.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{base.pg_port}/{own_db}")
-        stack = Stack(cfg, queues=queues, quiet=True)
-        stack.start()
-        stack.wait_ready(timeout=180)
-        yield cfg, stack
-    finally:
-        if stack is not None:
-            stack.stop(stop_db=False)
-            _delete_topology(cfg)
-        if cfg is not base:
-            get_engine(cfg).dispose()
-            pgserver.drop_database(base, own_db)
-        if started_pg:
-            pgserver.release(base)
-
-
 def _warm_up(run: Run) -> None:
     """Gunicorn workers booted, auth cache, pools and the BM25 reader warm; then an empty pipeline."""
     deadline = time.monotonic() + 60
@@ -243,7 +172,7 @@ def _warm_up(run: Run) -> None:
         Planned(0, "add", "/add/message", {"user_id": USER_ID, "conversation_id": "warmup", "messages": warm}),
         time.monotonic(),
     )
-    if not wait_drained(run, timeout=120):
+    if not run.sampler.wait_drained(timeout=120):
         raise RuntimeError("the warm-up add did not finish within 120 s")
 
 
@@ -262,42 +191,36 @@ def run_load(
     report_dir: Path | None = None,
     progress: bool = True,
     seed: int = 7,
+    on: Isolated | None = None,
 ) -> dict[str, Any]:
-    """Run one step at ``rate`` (or ``find``: the stepped search for the highest sustainable rate)."""
+    """Run one step at ``rate`` (or ``find``: the stepped search for the highest sustainable rate), on a stack of
+    its own (``on``: a stack the caller shares, with a tenant of the run's own)."""
     check_options(rate, seconds, per_add, search_ratio, search_rate, step_factor)
-    run_id, load_start = secrets.token_hex(3), list(os.getloadavg())
-    report = report_dir or settings.home / "load" / time.strftime(f"%Y%m%d-%H%M%S-{run_id}")
-    tmp = Path(tempfile.mkdtemp(prefix=f"memos-load-{run_id}-"))
+    load_start = list(os.getloadavg())
     search = ("rate", search_rate) if search_rate is not None else ("ratio", search_ratio)
     gen = ConversationGenerator(seed)
-    try:
-        with isolated_stack(settings, run_id, tmp) as (cfg, stack):
-            from memos_pipeline.queues import queues_for
-
-            with session_scope(cfg) as s:
-                tenant_id, key = tenants.create_api_key(s, f"load-{run_id}", "memos-pipeline load")
-            queues = queues_for(cfg.llm_enabled)
-            sampler = Sampler(cfg, queues, tenant_id, time.monotonic())
-            driver = Driver(f"http://{cfg.api_host}:{cfg.api_port}", key)
-            run = Run(cfg, driver, sampler, gen, gen.queries(50), progress)
-            sampler.start()
-            try:
-                _warm_up(run)
-                roots = {name: p.pid for name, p in stack.procs}
-                own_db = cfg.database_url != settings.database_url
-                run.cpu = CpuMeter(
-                    {**roots, "load client": os.getpid()}, (lambda: _db_backends(cfg)) if own_db else list
-                )
-                if find:
-                    steps = find_max(run, rate, seconds, per_add, search, step_factor, max_rate, refine)
-                else:
-                    sr = rate * search_ratio if search_rate is None else search_rate
-                    steps = [run_step(run, 0, rate, sr, seconds, per_add)]
-            finally:
-                sampler.stop()
-                driver.close()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # The stack ``up`` runs, on a database, queue prefix, BM25 directory and port of its own. The per-key rate
+    # limit stays on (its Redis round trip is part of every request) but out of the way.
+    rate_limit = settings.rate_limit_per_min and 10_000_000
+    with tenant_of(on, "load") if on else isolated(settings, "load", rate_limit_per_min=rate_limit) as h:
+        cfg, queues = h.settings, queues_for(h.settings.llm_enabled)
+        report = report_dir or settings.home / "load" / time.strftime(f"%Y%m%d-%H%M%S-{h.run}")
+        sampler = Sampler(cfg, queues, h.tenant_id, time.monotonic())
+        driver = Driver(h.api)
+        run = Run(cfg, driver, sampler, gen, gen.queries(50), progress)
+        sampler.start()
+        try:
+            _warm_up(run)
+            roots = {name: p.pid for name, p in h.stack.procs}
+            own_db = cfg.database_url != settings.database_url
+            run.cpu = CpuMeter({**roots, "load client": os.getpid()}, (lambda: _db_backends(cfg)) if own_db else list)
+            if find:
+                steps = find_max(run, rate, seconds, per_add, search, step_factor, max_rate, refine)
+            else:
+                sr = rate * search_ratio if search_rate is None else search_rate
+                steps = [run_step(run, 0, rate, sr, seconds, per_add)]
+        finally:
+            sampler.stop()
 
     good = [s for s in steps if s["sustainable"]]
     bad = [s for s in steps if not s["sustainable"]]
@@ -408,10 +331,7 @@ def load(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
-    def _exit(signum: int, _frame: object) -> None:  # SIGTERM unwinds: the run's stack and database go away
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _exit)
+    unwind_on_sigterm()
     result = run_load(
         get_settings(),
         rate,

@@ -20,6 +20,7 @@ import requests
 from sqlalchemy import text
 from tqdm import tqdm
 
+from cli.client import ApiClient
 from memos_pipeline.config import Settings
 from memos_pipeline.storage.db import get_engine
 
@@ -67,26 +68,13 @@ EXPECTED = {"add": 202, "search": 200}
 class Driver:
     """Sends a schedule of JSON POSTs from a pool of client threads, each with its own keep-alive session."""
 
-    def __init__(self, base: str, key: str, threads: int = 64) -> None:
-        self.base, self.threads = base, threads
-        self._headers = {"Authorization": f"Token {key}"}
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._lock = threading.Lock()
-
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            session.headers.update(self._headers)
-            with self._lock:
-                self._sessions.append(session)
-        return session
+    def __init__(self, api: ApiClient, threads: int = 64) -> None:
+        self.api, self.threads = api, threads
 
     def send(self, req: Planned, scheduled: float) -> Outcome:
         sent = time.monotonic()
         try:
-            r = self._session().post(self.base + req.path, json=req.body, timeout=HTTP_TIMEOUT_S)
+            r = self.api.request(req.path, req.body, timeout=HTTP_TIMEOUT_S)
             body = r.content  # read it all: the latency ends with the last byte
         except requests.RequestException as exc:
             return Outcome(req.kind, scheduled, sent, time.monotonic(), None, f"{type(exc).__name__}")
@@ -115,10 +103,6 @@ class Driver:
                     fut.add_done_callback(lambda _f: bar.update())
                 futures.append(fut)
             return t0, [f.result() for f in futures]
-
-    def close(self) -> None:
-        for s in self._sessions:
-            s.close()
 
 
 # ---------------------------------------------------------------- queue depths over time
@@ -191,6 +175,21 @@ class Sampler(threading.Thread):
             if not tl.t:
                 return -1, {}
             return tl.backlog[-1], {q: v[-1] for q, v in tl.queues.items()}
+
+    def wait_drained(self, timeout: float, quiet_samples: int = 2) -> bool:
+        """Until the backlog and every queue stay empty for a couple of samples, or ``timeout``."""
+        deadline, empty, seen = time.monotonic() + timeout, 0, -1
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise RuntimeError(f"the queue sampler failed: {self.error!r}")
+            backlog, depths = self.latest()
+            if (n := len(self.timeline.t)) != seen:
+                seen = n
+                empty = empty + 1 if backlog == 0 and not any(depths.values()) else 0
+                if empty >= quiet_samples:
+                    return True
+            time.sleep(0.1)
+        return False
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -7,8 +7,8 @@ id as the client message id so that ``sources`` map back), then every question i
 (``bm25`` and ``dense`` baselines via the request's ``channels``, ``fast`` = the full pipeline) and scored with
 :mod:`evaluation.metrics`. Categories 1-4 make the overall score; 5 (adversarial) is reported apart.
 
-The module also holds the plumbing the PrefEval harness shares: :func:`own_stack`, :class:`Api`,
-:func:`wait_ingests` and :class:`TokenCounter`.
+The module also holds the plumbing the PrefEval harness shares: :func:`own_stack`, :func:`search` and
+:class:`TokenCounter`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,7 @@ import concurrent.futures as cf
 import json
 import os
 import re
-import secrets
-import shutil
-import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -30,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests
 from tqdm import tqdm
 
+from cli.client import ApiClient
+from cli.harness import Isolated, isolated
 from evaluation import metrics
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import pgserver, tenants
-from memos_pipeline.storage.db import get_engine, session_scope
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 SCORED = (1, 2, 3, 4)  # the overall score; 5 is reported apart
@@ -56,8 +51,6 @@ NDCG_K = TOKENS_K = 10
 WARMUP_SEARCHES = 5
 HTTP_TIMEOUT_S = 60.0
 SEARCH_RETRIES = 2
-RATE_LIMIT_RETRIES = 10
-POLL_BATCH = 8  # ingests polled per round (every 0.25 s) while waiting, oldest first
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -146,178 +139,25 @@ def load_locomo(path: Path, limit: int | None = None) -> list[Conversation]:
 # ---------------------------------------------------------------- the stack and the HTTP client
 
 
-class HttpError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Api:
-    """JSON POSTs to the API, one keep-alive ``requests.Session`` per calling thread."""
-
-    def __init__(self, base: str, key: str) -> None:
-        self.base, self._headers = base, {"Authorization": f"Token {key}"}
-        self.retries = 0  # searches repeated after a 5xx (counted in the results)
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
-        self._lock = threading.Lock()
-
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers.update(self._headers)
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
-
-    def post(self, path: str, body: dict[str, Any], expect: int = 200) -> tuple[float, dict[str, Any]]:
-        """(round trip in ms, the envelope's ``data``); raises naming the status on anything but ``expect``."""
-        for _ in range(RATE_LIMIT_RETRIES):
-            t0 = time.perf_counter()
-            r = self._session().post(self.base + path, json=body, timeout=HTTP_TIMEOUT_S)
-            ms = (time.perf_counter() - t0) * 1000
-            if r.status_code != 429:
-                break
-            time.sleep(min(60.0, float(r.headers.get("Retry-After") or 1)))  # the key's rate limit: wait, repeat
-        if r.status_code != expect:
-            raise HttpError(r.status_code, f"POST {path}: HTTP {r.status_code} (expected {expect}): {r.text[:300]}")
-        data: dict[str, Any] = r.json()["data"]
-        return ms, data
-
-    def add(self, user_id: str, conversation_id: str, messages: list[dict[str, Any]]) -> str:
-        body = {"user_id": user_id, "conversation_id": conversation_id, "messages": messages}
-        return str(self.post("/add/message", body, expect=202)[1]["ingest_id"])
-
-    def search(self, user_id: str, query: str, top_k: int, mode: str) -> tuple[float, dict[str, Any]]:
-        """One search; a 5xx is retried up to ``SEARCH_RETRIES`` times (and counted), then raised."""
-        body = {
-            "user_id": user_id,
-            "query": query,
-            "top_k": top_k,
-            "include_preference": False,
-            "pref_top_k": 0,
-            **MODES[mode],
-        }
-        for attempt in range(SEARCH_RETRIES + 1):
-            try:
-                return self.post("/search/memory", body)
-            except HttpError as exc:
-                if exc.status < 500 or attempt == SEARCH_RETRIES:
-                    raise
-                with self._lock:
-                    self.retries += 1
-                time.sleep(1.0)
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        for s in self._sessions:
-            s.close()
-
-
-@dataclass(frozen=True)
-class Harness:
-    settings: Settings
-    api: Api
-    run_id: str
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _delete_topology(settings: Settings) -> None:
-    from memos_pipeline.celery_app import dead_letter_exchange, declared_queues, exchange, make_celery
-
-    try:
-        with make_celery(settings).connection_for_write() as conn:
-            channel = conn.default_channel
-            for q in declared_queues(settings):
-                channel.queue_delete(q.name)
-            for ex in (exchange(settings), dead_letter_exchange(settings)):
-                channel.exchange_delete(ex.name)
-    except Exception as exc:
-        print(f"eval: could not delete the run's queues: {exc}", file=sys.stderr)
-
-
 @contextmanager
-def own_stack(settings: Settings, name: str) -> Iterator[Harness]:
-    """Database (its own one when embedded), workers, relay and API on an own queue prefix, port and BM25
-    directory, plus a fresh tenant's key; everything the run created is removed on exit."""
-    from cli.stack import Stack
-    from memos_pipeline.queues import queues_for
-
-    run = secrets.token_hex(3)
-    tmp = Path(tempfile.mkdtemp(prefix=f"memos-{name}-{run}-"))
-    overrides: dict[str, Any] = {
-        "queue_prefix": f"{name}{run}.",
-        "api_port": _free_port(settings.api_host),
-        "bm25_path": tmp / "bm25",
-    }
-    if "rate_limit_per_min" in Settings.model_fields:
-        overrides["rate_limit_per_min"] = 0  # the harness measures retrieval, not the per-key rate limiter
-    base = settings.with_overrides(**overrides)
-    own_db, started_pg = f"memos_{name}_{run}", False
-    if base.embedded_db:
-        started_pg = pgserver.start(base)
-        pgserver.ensure_database(base, own_db)
-        cfg = base.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{base.pg_port}/{own_db}")
-    else:
-        cfg = base
-    queues = queues_for(cfg.llm_enabled)
-    # MEMOS_EVAL_VERBOSE=1 lets the workers' and the API's logs through to stderr (to find why a run fails).
-    stack = Stack(cfg, queues=queues, quiet=os.environ.get("MEMOS_EVAL_VERBOSE") != "1")
-    api: Api | None = None
-    try:
-        stack.start()
-        stack.wait_ready(timeout=240)
-        with session_scope(cfg) as s:
-            _, key = tenants.create_api_key(s, f"{name}-{run}", f"memos-pipeline eval {name}")
-        api = Api(f"http://{cfg.api_host}:{cfg.api_port}", key)
-        yield Harness(cfg, api, run)
-    finally:
-        if api is not None:
-            api.close()
-        stack.stop(stop_db=False)
-        _delete_topology(cfg)
-        if cfg is not base:
-            get_engine(cfg).dispose()
-            pgserver.drop_database(base, own_db)
-        if started_pg:
-            pgserver.release(base)
-        shutil.rmtree(tmp, ignore_errors=True)
+def own_stack(settings: Settings, name: str) -> Iterator[Isolated]:
+    """The stack ``up`` runs on a database, queue prefix, port and BM25 directory of its own, and a fresh tenant's
+    client (``cli.harness.isolated``); the harness measures retrieval, not the per-key rate limiter."""
+    with isolated(settings, name, rate_limit_per_min=0, timeout=240) as h:
+        h.api.timeout = HTTP_TIMEOUT_S
+        yield h
 
 
-def wait_ingests(api: Api, ingest_ids: Sequence[str], timeout_s: float, bar: tqdm[Any] | None = None) -> None:
-    """Poll ``POST /get/status`` until every ingest is done; raises on a failed one or at the timeout."""
-    pending = list(ingest_ids)
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        still: list[str] = []
-        for ingest_id in pending[:POLL_BATCH]:  # the oldest first; the rest wait for the next rounds
-            try:
-                _, data = api.post("/get/status", {"ingest_id": ingest_id})
-            except HttpError as e:
-                if e.status < 500:
-                    raise
-                api.retries += 1  # a transient server error (counted in the results): ask again next round
-                still.append(ingest_id)
-                continue
-            if data["status"] == "failed":
-                raise RuntimeError(f"ingest {ingest_id} failed: {data['stages']}")
-            if data["status"] != "done":
-                still.append(ingest_id)
-        still += pending[POLL_BATCH:]
-        if bar is not None:
-            bar.update(len(pending) - len(still))
-        pending = still
-        if pending:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(pending)} of {len(ingest_ids)} ingests not done after {timeout_s:.0f}s")
-            time.sleep(0.25)
+def check_modes(modes: Sequence[str]) -> None:
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"unknown modes {unknown}; choose from {sorted(MODES)}")
+
+
+def search(api: ApiClient, user_id: str, query: str, top_k: int, mode: str) -> tuple[float, dict[str, Any]]:
+    """One search; a 5xx is repeated up to ``SEARCH_RETRIES`` times (counted in ``api.retries``), then raised."""
+    body = {"top_k": top_k, "include_preference": False, "pref_top_k": 0, **MODES[mode]}
+    return api.search(user_id, query, retries=SEARCH_RETRIES, **body)  # type: ignore[no-any-return]
 
 
 class TokenCounter:
@@ -344,28 +184,43 @@ class TokenCounter:
 # ---------------------------------------------------------------- the run
 
 
-def ingest_all(api: Api, conversations: Sequence[Conversation], progress: bool) -> dict[str, Any]:
-    """One add per session, sessions in order (the chunker stitches each to the turns before it), conversations
-    in parallel; then wait until all are searchable."""
+def add_all(
+    api: ApiClient,
+    users: Sequence[list[tuple[str, str, list[dict[str, Any]]]]],
+    timeout: float,
+    progress: bool,
+    threads: int = 8,
+) -> list[str]:
+    """Each user's adds ((user, conversation, messages)) in order, users in parallel; then wait until all are
+    searchable. The ingest ids, in the order the API accepted them."""
     bars: dict[str, Any] = {"file": sys.stderr, "disable": not progress}
-    n_adds = sum(len(c.sessions) for c in conversations)
-    t0 = time.perf_counter()
-    with tqdm(total=n_adds, desc="add sessions", unit="add", **bars) as bar:
-        ingest_ids: list[str] = []  # in the order the API accepted them (roughly the order they finish)
-        lock = threading.Lock()
+    ingest_ids: list[str] = []
+    lock = threading.Lock()
 
-        def send(c: Conversation) -> None:
-            for date_time, turns in c.sessions:
-                ingest_id = api.add(c.sample_id, c.sample_id, session_messages(turns, date_time))
-                with lock:
-                    ingest_ids.append(ingest_id)
-                bar.update()
+    def send(adds: list[tuple[str, str, list[dict[str, Any]]]]) -> None:
+        for user, conversation, messages in adds:
+            ingest_id = str(api.add(user, conversation, messages)[1]["ingest_id"])
+            with lock:
+                ingest_ids.append(ingest_id)
+            bar.update()
 
-        with cf.ThreadPoolExecutor(max(1, min(8, len(conversations)))) as pool:
-            list(pool.map(send, conversations))
+    with (
+        tqdm(total=sum(map(len, users)), desc="add", unit="add", **bars) as bar,
+        cf.ThreadPoolExecutor(max(1, min(threads, len(users)))) as pool,
+    ):
+        list(pool.map(send, users))
     with tqdm(total=len(ingest_ids), desc="ingest", unit="add", **bars) as bar:
-        wait_ingests(api, ingest_ids, 300 + 2.0 * sum(c.turns for c in conversations), bar)
-    return {"adds": n_adds, "turns": sum(c.turns for c in conversations), "seconds": round(time.perf_counter() - t0, 2)}
+        api.wait_done(ingest_ids, timeout, bar=bar)
+    return ingest_ids
+
+
+def ingest_all(api: ApiClient, conversations: Sequence[Conversation], progress: bool) -> dict[str, Any]:
+    """One add per session, sessions in order (the chunker stitches each to the turns before it), conversations
+    in parallel."""
+    t0, turns = time.perf_counter(), sum(c.turns for c in conversations)
+    adds = [[(c.sample_id, c.sample_id, session_messages(t, date)) for date, t in c.sessions] for c in conversations]
+    ids = add_all(api, adds, 300 + 2.0 * turns, progress)
+    return {"adds": len(ids), "turns": turns, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def score_question(
@@ -419,7 +274,7 @@ def aggregate(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str,
 
 
 def search_mode(
-    api: Api,
+    api: ApiClient,
     questions: Sequence[Question],
     mode: str,
     top_k: int,
@@ -430,12 +285,12 @@ def search_mode(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every question once, one at a time (after a few unrecorded warm-ups): (per-question records, latency)."""
     for q in questions[:WARMUP_SEARCHES]:
-        api.search(q.conversation, q.question, top_k, mode)
+        search(api, q.conversation, q.question, top_k, mode)
     records: list[dict[str, Any]] = []
     ms_all: list[float] = []
     steps: dict[str, list[float]] = {}
     for q in tqdm(questions, desc=f"search {mode}", unit="q", file=sys.stderr, disable=not progress):
-        ms, data = api.search(q.conversation, q.question, top_k, mode)
+        ms, data = search(api, q.conversation, q.question, top_k, mode)
         ms_all.append(ms)
         for step, step_ms in (data.get("timings_ms") or {}).items():
             steps.setdefault(step, []).append(float(step_ms))
@@ -465,9 +320,7 @@ def run_locomo(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ingest, search every question in every mode, score: (the result, the per-question records)."""
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise ValueError(f"unknown modes {unknown}; choose from {sorted(MODES)}")
+    check_modes(modes)
     convs = load_locomo(data, conversations)
     ks_all = sorted({*ks, TOKENS_K})
     top_k = top_k or max(*ks_all, BUDGET_TOP_K)

@@ -22,8 +22,11 @@ from evaluation.metrics import latency_summary as latency
 
 
 class AddLike(Protocol):
-    conversation_id: str
-    messages: list[dict[str, Any]]
+    @property
+    def conversation_id(self) -> str: ...
+
+    @property
+    def messages(self) -> list[dict[str, Any]]: ...
 
 
 def _memory(workdir: str) -> Any:

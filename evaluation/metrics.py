@@ -135,14 +135,12 @@ def mean(values: Iterable[float]) -> float | None:
     return float(sum(vals) / len(vals)) if vals else None
 
 
-def latency_summary(samples_ms: Sequence[float]) -> dict[str, float | int | None]:
-    """p50/p99/mean in milliseconds (linear interpolation) and the sample count."""
-    if not samples_ms:
-        return {"p50": None, "p99": None, "mean": None, "n": 0}
+def latency_summary(
+    samples_ms: Sequence[float], extra: Sequence[str] = ("mean",), digits: int = 2
+) -> dict[str, float | int | None]:
+    """p50/p99 in milliseconds (linear interpolation), the ``extra`` reductions (``mean``, ``max``) and the count."""
     arr = np.asarray(samples_ms, dtype=np.float64)
-    return {
-        "p50": round(float(np.percentile(arr, 50)), 2),
-        "p99": round(float(np.percentile(arr, 99)), 2),
-        "mean": round(float(arr.mean()), 2),
-        "n": len(samples_ms),
-    }
+    stats = {"p50": lambda: np.percentile(arr, 50), "p99": lambda: np.percentile(arr, 99)}
+    stats |= {name: getattr(arr, name) for name in extra}
+    out: dict[str, float | int | None] = {k: round(float(f()), digits) if len(arr) else None for k, f in stats.items()}
+    return {**out, "n": len(arr)}

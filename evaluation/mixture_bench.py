@@ -2,7 +2,7 @@
 
 One self-contained run: its own database (if embedded), queue prefix, BM25 directory and API port; workers for
 chunker, indexer, search and reranker (``MOS_RERANKER_BACKEND=http_bge_strategy``, ``single_turn``) pointed at the
-local rerank server process of ``tests/fake_reranker.py``; a small synthetic corpus ingested over HTTP. Then, per
+local rerank server process of ``fakes.reranker``; a small synthetic corpus ingested over HTTP. Then, per
 variant, a gunicorn API (the same command ``up`` runs, plus an access log) and ``concurrency`` client threads,
 each with its own keep-alive connection, issuing ``mode: mixture`` searches back to back over real HTTP until
 ``searches`` are done. Each client searches its own conversation, so a late fine answer cached by one search is
@@ -30,19 +30,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import importlib.util
 import json
 import os
-import secrets
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,14 +45,17 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from evaluation.bench import USER_ID, Api, _delete_topology, _free_port, plan_adds, wait_done
+from cli.client import ApiClient
+from cli.harness import api_server, isolated
+from evaluation import metrics
+from evaluation.bench import USER_ID, plan_adds, wait_done
+from evaluation.load_driver import Sampler
 from evaluation.texts import ConversationGenerator
+from fakes.reranker import FakeReranker
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import pgserver, tenants
-from memos_pipeline.storage.db import get_engine, session_scope
+from memos_pipeline.queues import CORE_QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
-FAKE_RERANKER = ROOT / "tests" / "fake_reranker.py"
 TOP_K = 10
 TOLERANCE_MS = 10.0
 HTTP_TIMEOUT_S = 30.0
@@ -77,189 +74,93 @@ class Variant:
 
 
 def _stats(samples: Sequence[float]) -> dict[str, float | int | None]:
-    if not samples:
-        return {"p50": None, "p99": None, "max": None, "n": 0}
-    arr = np.asarray(samples, dtype=np.float64)
-    return {
-        "p50": round(float(np.percentile(arr, 50)), 1),
-        "p99": round(float(np.percentile(arr, 99)), 1),
-        "max": round(float(arr.max()), 1),
-        "n": len(samples),
-    }
-
-
-def _load_fake_reranker() -> Any:
-    """``tests/fake_reranker.py`` as a module (it is a script, not part of the package)."""
-    if not FAKE_RERANKER.exists():
-        raise RuntimeError(f"{FAKE_RERANKER} not found: the mixture bench runs from a source checkout")
-    spec = importlib.util.spec_from_file_location("memos_fake_reranker", FAKE_RERANKER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return metrics.latency_summary(samples, extra=("max",), digits=1)
 
 
 # ---------------------------------------------------------------- the API under test
 
 
-class ApiProcess:
-    """A gunicorn API exactly as ``up`` starts it (``api_command``), plus an access log with request ids."""
+@contextmanager
+def api_process(cfg: Settings, variant: Variant, key: str, log_dir: Path) -> Iterator[tuple[ApiClient, Path]]:
+    """A gunicorn API exactly as ``up`` starts it, sized as the variant says, plus an access log with request
+    ids; yields a client for it with ``key`` and the log (complete once the block has exited)."""
+    log = log_dir / f"access-{variant.name}.log"
+    sized = cfg.with_overrides(api_workers=variant.api_workers, api_threads=variant.api_threads)
+    with api_server(
+        sized,
+        api_app=variant.app,
+        api_args=["--access-logfile", str(log), "--access-logformat", ACCESS_FORMAT],
+        env={
+            "PYTHONPATH": os.pathsep.join(p for p in (variant.pythonpath, str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        },
+    ) as stack:
+        yield ApiClient(stack.base_url, key, timeout=HTTP_TIMEOUT_S), log
 
-    def __init__(self, cfg: Settings, variant: Variant, log_dir: Path) -> None:
-        from cli.stack import api_command, settings_env
 
-        self.cfg = cfg.with_overrides(
-            api_port=_free_port(cfg.api_host), api_workers=variant.api_workers, api_threads=variant.api_threads
-        )
-        self.access_log = log_dir / f"access-{variant.name}.log"
-        cmd = api_command(self.cfg)
-        cmd[cmd.index("api:create_app()")] = variant.app
-        cmd += ["--access-logfile", str(self.access_log), "--access-logformat", ACCESS_FORMAT]
-        env = settings_env(self.cfg)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (variant.pythonpath, str(ROOT), env.get("PYTHONPATH")) if p)
-        self.base = f"http://{self.cfg.api_host}:{self.cfg.api_port}"
-        self.proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the API exited with code {self.proc.returncode}")
-            try:
-                if requests.get(self.base + "/health", timeout=2).status_code < 500:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the API did not answer within {timeout}s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def server_ms(self) -> dict[str, float]:
-        """request id -> gunicorn's request time in ms (read after stop(): the log is complete then)."""
-        out: dict[str, float] = {}
-        if self.access_log.exists():
-            for line in self.access_log.read_text().splitlines():
-                parts = line.split()
-                if len(parts) == 3 and parts[0] != "-":
-                    out[parts[0]] = int(parts[2]) / 1000
-        return out
+def access_log_ms(access_log: Path) -> dict[str, float]:
+    """request id -> gunicorn's request time in ms, from an access log."""
+    out: dict[str, float] = {}
+    if access_log.exists():
+        for line in access_log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] != "-":
+                out[parts[0]] = int(parts[2]) / 1000
+    return out
 
 
 # ---------------------------------------------------------------- the load
 
 
 def _client(
-    base: str, key: str, conversation_id: str, queries: list[str], offset: int, n: int, warmup: int, bar: Any
+    api: ApiClient, conversation_id: str, queries: list[str], offset: int, n: int, warmup: int, bar: Any
 ) -> list[dict[str, Any]]:
-    """One client thread: ``warmup`` unrecorded searches, then ``n`` recorded ones, back to back."""
+    """One client thread (its own keep-alive session): ``warmup`` unrecorded searches, then ``n`` recorded ones,
+    back to back."""
     out: list[dict[str, Any]] = []
-    with requests.Session() as session:
-        session.headers["Authorization"] = f"Token {key}"
-        for i in range(-warmup, n):
-            rid = uuid.uuid4().hex
-            body = {
-                "user_id": USER_ID,
-                "query": queries[(offset + i) % len(queries)],
-                "top_k": TOP_K,
-                "mode": "mixture",
-                "conversation_id": conversation_id,
-            }
-            t0 = time.perf_counter()
-            try:
-                r = session.post(
-                    base + "/search/memory", json=body, headers={"X-Request-ID": rid}, timeout=HTTP_TIMEOUT_S
-                )
-                ms = (time.perf_counter() - t0) * 1000
-                status, data = r.status_code, (r.json().get("data") or {}) if r.status_code == 200 else {}
-            except requests.RequestException as exc:
-                ms, status, data = (time.perf_counter() - t0) * 1000, 0, {"error": str(exc)[:200]}
-            if i >= 0:
-                search = data.get("search") or {}
-                out.append(
-                    {
-                        "rid": rid,
-                        "client_ms": ms,
-                        "status": status,
-                        "fine_arrived": bool(search.get("fine_arrived")),
-                        "merged_cached_fine": bool(search.get("merged_cached_fine")),
-                        "partial": bool(search.get("partial")),
-                        "results": len(data.get("memory_detail_list") or []),
-                        "worker_ms": sum((data.get("timings_ms") or {}).values()) or None,
-                    }
-                )
-                bar.update()
+    for i in range(-warmup, n):
+        rid = uuid.uuid4().hex
+        body = {
+            "user_id": USER_ID,
+            "query": queries[(offset + i) % len(queries)],
+            "top_k": TOP_K,
+            "mode": "mixture",
+            "conversation_id": conversation_id,
+        }
+        t0 = time.perf_counter()
+        try:
+            r = api.request("/search/memory", body, headers={"X-Request-ID": rid})
+            ms = (time.perf_counter() - t0) * 1000
+            status, data = r.status_code, (r.json().get("data") or {}) if r.status_code == 200 else {}
+        except requests.RequestException as exc:
+            ms, status, data = (time.perf_counter() - t0) * 1000, 0, {"error": str(exc)[:200]}
+        if i >= 0:
+            search = data.get("search") or {}
+            out.append(
+                {
+                    "rid": rid,
+                    "client_ms": ms,
+                    "status": status,
+                    "fine_arrived": bool(search.get("fine_arrived")),
+                    "merged_cached_fine": bool(search.get("merged_cached_fine")),
+                    "partial": bool(search.get("partial")),
+                    "results": len(data.get("memory_detail_list") or []),
+                    "worker_ms": sum((data.get("timings_ms") or {}).values()) or None,
+                }
+            )
+            bar.update()
     return out
 
 
-class QueueDepth:
-    """Samples the broker's ready-message count of some queues every ``interval`` s in a thread (saturation)."""
-
-    def __init__(self, cfg: Settings, queues: Sequence[str], interval: float = 0.25) -> None:
-        self.cfg, self.queues, self.interval = cfg, list(queues), interval
-        self.samples: dict[str, list[int]] = {q: [] for q in self.queues}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="queue-depth", daemon=True)
-
-    def __enter__(self) -> QueueDepth:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        from memos_pipeline.celery_app import make_celery
-
-        app = make_celery(self.cfg)
-        try:
-            with app.connection_for_write() as conn:
-                channel = conn.default_channel
-                while not self._stop.wait(self.interval):
-                    for q in self.queues:
-                        self.samples[q].append(channel.queue_declare(self.cfg.queue(q), passive=True).message_count)
-        finally:
-            app.close()
-
-    def summary(self) -> dict[str, dict[str, float | int]]:
-        return {
-            q: {"mean": round(float(np.mean(v)), 1) if v else 0, "max": max(v, default=0)}
-            for q, v in self.samples.items()
-        }
-
-
-def _drain(cfg: Settings, queues: Sequence[str], settle_s: float, timeout: float = 120.0) -> None:
-    """Until the queues are empty, then ``settle_s`` more for the tasks in the workers' hands."""
-    from memos_pipeline.celery_app import make_celery
-
-    app = make_celery(cfg)
-    deadline = time.monotonic() + timeout
-    try:
-        with app.connection_for_write() as conn:
-            channel = conn.default_channel
-            while time.monotonic() < deadline:
-                counts = [channel.queue_declare(cfg.queue(q), passive=True).message_count for q in queues]
-                if not any(counts):
-                    break
-                time.sleep(0.25)
-    finally:
-        app.close()
-    time.sleep(settle_s)
+def _depths(sampler: Sampler, since: int) -> dict[str, dict[str, float | int]]:
+    """Mean and max ready messages per queue over the samples taken since sample ``since`` (saturation)."""
+    with sampler.lock:
+        cols = {q: [d for d in v[since:] if d is not None] for q, v in sampler.timeline.queues.items()}
+    return {q: {"mean": round(float(np.mean(v)), 1) if v else 0, "max": max(v, default=0)} for q, v in cols.items()}
 
 
 def _run_variant(
     cfg: Settings,
+    sampler: Sampler,
     variant: Variant,
     key: str,
     queries: list[str],
@@ -271,14 +172,12 @@ def _run_variant(
     progress: bool,
 ) -> dict[str, Any]:
     fake.configure(delay_s=variant.delay_s, status=None, reset=True)
-    api = ApiProcess(cfg, variant, tmp)
     records: list[dict[str, Any]] = []
-    try:
-        api.wait_ready()
+    with api_process(cfg, variant, key, tmp) as (api, access_log):
+        since = len(sampler.timeline.t)
         per_client = [searches // concurrency + (1 if c < searches % concurrency else 0) for c in range(concurrency)]
         t0 = time.perf_counter()
         with (
-            QueueDepth(cfg, ("search", "reranker")) as depth,
             tqdm(
                 total=searches, desc=f"mixture ({variant.name})", unit="q", file=sys.stderr, disable=not progress
             ) as bar,
@@ -287,8 +186,7 @@ def _run_variant(
             futures = [
                 pool.submit(
                     _client,
-                    api.base,
-                    key,
+                    api,
                     f"{variant.name}-client-{c:02d}",
                     queries,
                     c * 7,
@@ -301,9 +199,9 @@ def _run_variant(
             for f in futures:
                 records.extend(f.result())
         wall_s = time.perf_counter() - t0
-    finally:
-        api.stop()
-    server = api.server_ms()
+        depth = _depths(sampler, since)
+        api.close()
+    server = access_log_ms(access_log)
     ok = [r for r in records if r["status"] == 200]
     client_ms = [r["client_ms"] for r in ok]
     server_ms = [server[r["rid"]] for r in ok if r["rid"] in server]
@@ -331,36 +229,22 @@ def _run_variant(
         "partial_share": round(sum(r["partial"] for r in ok) / n, 3),
         "mean_results": round(sum(r["results"] for r in ok) / n, 2),
         "search_worker_ms": _stats([r["worker_ms"] for r in ok if r["worker_ms"]]),
-        "queue_depth": depth.summary(),
+        "queue_depth": depth,
         "deadline_ms": deadline_ms,
         "p99_within_deadline_plus_10ms": client["p99"] is not None and float(client["p99"]) <= bound,
         "server_p99_within_deadline_plus_10ms": srv["p99"] is not None and float(srv["p99"]) <= bound,
     }
 
 
-def _reference(cfg: Settings, key: str, queries: list[str], tmp: Path, n: int = 30) -> dict[str, Any]:
+def _reference(api: ApiClient, queries: list[str], n: int = 30) -> dict[str, Any]:
     """Fast-mode searches one at a time on the idle pipeline: what one search costs on this machine right now."""
-    api = ApiProcess(cfg, Variant("reference", 0.0, cfg.api_workers, cfg.api_threads), tmp)
     client_ms: list[float] = []
     worker_ms: list[float] = []
-    try:
-        api.wait_ready()
-        with requests.Session() as session:
-            session.headers["Authorization"] = f"Token {key}"
-            for i in range(-5, n):
-                t0 = time.perf_counter()
-                r = session.post(
-                    api.base + "/search/memory",
-                    timeout=HTTP_TIMEOUT_S,
-                    json={"user_id": USER_ID, "query": queries[i % len(queries)], "top_k": TOP_K, "mode": "fast"},
-                )
-                ms = (time.perf_counter() - t0) * 1000
-                r.raise_for_status()
-                if i >= 0:
-                    client_ms.append(ms)
-                    worker_ms.append(sum((r.json()["data"].get("timings_ms") or {}).values()))
-    finally:
-        api.stop()
+    for i in range(-5, n):
+        ms, data = api.search(USER_ID, queries[i % len(queries)], top_k=TOP_K, mode="fast")
+        if i >= 0:
+            client_ms.append(ms)
+            worker_ms.append(sum((data.get("timings_ms") or {}).values()))
     return {"client_ms": _stats(client_ms), "search_worker_ms": _stats(worker_ms)}
 
 
@@ -389,68 +273,51 @@ def run_mixture_bench(
     variants: Sequence[Variant] | None = None,
 ) -> dict[str, Any]:
     """Run every variant on a fresh stack and return the results (see the module docstring)."""
-    from cli.stack import Stack
-    from memos_pipeline.queues import CORE_QUEUES
-
     if concurrency < 1 or searches < concurrency:
         raise ValueError("need concurrency >= 1 and searches >= concurrency")
-    run, load_start = secrets.token_hex(3), list(os.getloadavg())
-    tmp = Path(tempfile.mkdtemp(prefix=f"memos-mixture-{run}-"))
-    fake = _load_fake_reranker().FakeReranker(delay_s=0.0).start()
-    base = settings.with_overrides(
-        queue_prefix=f"mixbench{run}.",
-        bm25_path=tmp / "bm25",
-        mixture_deadline_ms=deadline_ms,
-        mos_reranker_backend="http_bge_strategy",
-        mos_reranker_url=fake.url("/rerank"),
-        mos_reranker_strategy="single_turn",
-    )
-    own_db, started_pg, cfg = f"memos_mixture_{run}", False, base
-    todo = list(variants) if variants is not None else default_variants(base, concurrency, slow_s)
+    load_start = list(os.getloadavg())
+    todo = list(variants) if variants is not None else default_variants(settings, concurrency, slow_s)
     gen = ConversationGenerator(seed)
     queries = gen.queries(60)
-    stack: Stack | None = None
     results: dict[str, Any] = {}
-    try:
-        if base.embedded_db:
-            started_pg = pgserver.start(base)
-            pgserver.ensure_database(base, own_db)
-            cfg = base.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{base.pg_port}/{own_db}")
-        stack = Stack(cfg, queues=CORE_QUEUES, api=False, quiet=True)
-        stack.start()
-        stack.wait_ready(timeout=180)
-        with session_scope(cfg) as s:
-            _, key = tenants.create_api_key(s, f"mixture-bench-{run}", "memos-pipeline mixture bench")
-
+    with (
+        FakeReranker() as fake,
+        isolated(
+            settings,
+            "mixbench",
+            CORE_QUEUES,
+            mixture_deadline_ms=deadline_ms,
+            mos_reranker_backend="http_bge_strategy",
+            mos_reranker_url=fake.url("/rerank"),
+            mos_reranker_strategy="single_turn",
+        ) as h,
+    ):
         # The corpus, through the API and the queues like any client's.
-        ingest_api = ApiProcess(cfg, Variant("ingest", 0.0, cfg.api_workers, cfg.api_threads), tmp)
+        adds = plan_adds(gen, messages, per_add, 4, h.settings.chunk_overlap)
+        ids = [str(h.api.add(USER_ID, a.conversation_id, a.messages)[1]["ingest_id"]) for a in adds]
+        wait_done(h.settings, ids, 120 + messages)
+        reference = _reference(h.api, queries)
+        sampler = Sampler(h.settings, ("search", "reranker"), h.tenant_id, time.monotonic(), interval=0.25)
+        sampler.start()
         try:
-            ingest_api.wait_ready()
-            client = Api(ingest_api.base, key)
-            adds = plan_adds(gen, messages, per_add, 4, cfg.chunk_overlap)
-            ids = [client.add(a.conversation_id, a.messages)[1] for a in adds]
-            wait_done(cfg, ids, 120 + messages)
-            client.close()
+            for v in todo:
+                sampler.wait_drained(timeout=120)  # then a while for the tasks in the workers' hands
+                time.sleep(max(slow_s, v.delay_s) + 0.5)
+                results[v.name] = _run_variant(
+                    h.settings,
+                    sampler,
+                    v,
+                    h.api.key,
+                    queries,
+                    fake,
+                    h.tmp,
+                    concurrency,
+                    searches,
+                    deadline_ms,
+                    progress,
+                )
         finally:
-            ingest_api.stop()
-
-        reference = _reference(cfg, key, queries, tmp)
-        for v in todo:
-            _drain(cfg, ("search", "reranker"), settle_s=max(slow_s, v.delay_s) + 0.5)
-            results[v.name] = _run_variant(
-                cfg, v, key, queries, fake, tmp, concurrency, searches, deadline_ms, progress
-            )
-    finally:
-        fake.stop()
-        if stack is not None:
-            stack.stop(stop_db=False)
-            _delete_topology(cfg)
-        if cfg is not base:
-            get_engine(cfg).dispose()
-            pgserver.drop_database(base, own_db)
-        if started_pg:
-            pgserver.release(base)
-        shutil.rmtree(tmp, ignore_errors=True)
+            sampler.stop()
 
     bound = deadline_ms + TOLERANCE_MS
     head = results.get("slow") or next(iter(results.values()))
@@ -463,7 +330,7 @@ def run_mixture_bench(
             "slow_s": slow_s,
             "messages": messages,
             "top_k": TOP_K,
-            "reranker": "http_bge_strategy/single_turn -> tests/fake_reranker.py (TEI /rerank)",
+            "reranker": "http_bge_strategy/single_turn -> fakes.reranker (TEI /rerank)",
             "worker_pools": {"search": "threads x 4", "reranker": "threads x 4"},
             "cpu_count": os.cpu_count(),
         },

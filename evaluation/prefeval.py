@@ -11,11 +11,9 @@ could run on top; this proxy needs none.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import random
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from evaluation import metrics
-from evaluation.locomo import MODES, clean_text, own_stack, wait_ingests
+from evaluation.locomo import add_all, check_modes, clean_text, own_stack, search
 from memos_pipeline.config import Settings
 
 PREF_ID = "pref"
@@ -107,9 +105,7 @@ def run_prefeval(
     progress: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ingest, search, score: (the result, per-question records with the ranked results)."""
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise ValueError(f"unknown modes {unknown}; choose from {sorted(MODES)}")
+    check_modes(modes)
     all_items = load_topics(data)
     items = sample_topics(all_items, topics, seed)
     filler_pool = load_fillers(data)
@@ -121,40 +117,27 @@ def run_prefeval(
     by_mode: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     with own_stack(settings, "prefeval") as h:
-        api, run = h.api, h.run_id
+        api, run = h.api, h.run
 
         def user(it: TopicItem, n: int) -> str:
             return f"prefeval-{run}-{it.topic}-{it.index}-f{n}"
 
-        ingest_ids: list[str] = []  # in the order the API accepted them (roughly the order they finish)
-        lock = threading.Lock()
-
-        def ingest(case: tuple[TopicItem, int]) -> None:
-            it, n = case
-            pref = [{"role": "user", "content": it.preference, "id": PREF_ID}]
+        def adds(it: TopicItem, n: int) -> list[tuple[str, str, list[dict[str, Any]]]]:
             msgs = filler_messages(filler_pool, n)
-            adds = [pref] + [msgs[i : i + PER_ADD] for i in range(0, len(msgs), PER_ADD)]  # the preference first
-            for messages in adds:
-                ingest_id = api.add(user(it, n), CONVERSATION_ID, messages)
-                with lock:
-                    ingest_ids.append(ingest_id)
-            bar.update()
+            pref = [{"role": "user", "content": it.preference, "id": PREF_ID}]  # the preference first
+            chunks = [pref] + [msgs[i : i + PER_ADD] for i in range(0, len(msgs), PER_ADD)]
+            return [(user(it, n), CONVERSATION_ID, m) for m in chunks]
 
         t0 = time.perf_counter()
-        with (
-            tqdm(total=len(cases), desc="add users", unit="user", **bars) as bar,
-            cf.ThreadPoolExecutor(CLIENT_THREADS) as pool,
-        ):
-            list(pool.map(ingest, cases))
-        with tqdm(total=len(ingest_ids), desc="ingest", unit="add", **bars) as bar:
-            wait_ingests(api, ingest_ids, 600 + 0.5 * sum(2 * n + 1 for _, n in cases), bar)
+        timeout = 600 + 0.5 * sum(2 * n + 1 for _, n in cases)
+        ingest_ids = add_all(api, [adds(it, n) for it, n in cases], timeout, progress, CLIENT_THREADS)
         ingest_s = time.perf_counter() - t0
 
         for mode in modes:
             ranks: dict[int, list[int | None]] = {n: [] for n in fillers}
             lat: dict[int, list[float]] = {n: [] for n in fillers}
             for it, n in tqdm(cases, desc=f"search {mode}", unit="q", **bars):
-                ms, out = api.search(user(it, n), it.question, top_k, mode)
+                ms, out = search(api, user(it, n), it.question, top_k, mode)
                 ranked = [list(m.get("sources") or []) for m in out["memory_detail_list"]]
                 rank = metrics.first_rank([PREF_ID], ranked)[PREF_ID]
                 ranks[n].append(rank)

@@ -1,15 +1,29 @@
 """Pydantic models: the HTTP API's request bodies and every task's payload (also the producer SDK's schema).
 
-API models accept the MemOS cloud client's field names as aliases so that its code works unchanged.
+API models accept the MemOS cloud client's requests as it sends them (every field it knows, unset ones as null), so
+that its code works unchanged; see ``_ClientRequest``.
 Task payloads are small: ids plus a schema version ``v``; a worker re-reads everything else from Postgres.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from memos_pipeline.search import filters
 
 _ID = Field(min_length=1, max_length=256)
 
@@ -42,8 +56,61 @@ def _no_nul_deep(value: Any) -> Any:
 SafeText = Annotated[str, AfterValidator(_no_control_chars)]
 
 
+def _check_filter(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        filters.parse(value)
+    except filters.FilterError as exc:
+        # ctx["path"] extends the error's location past the field (api/errors.py): filter.and[0].create_time.gte
+        raise PydanticCustomError("filter", "{reason}", {"reason": exc.message, "path": exc.path}) from None
+    return value
+
+
+MemosFilter = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_filter),
+    Field(description="MemOS filter: conditions AND-ed, and/or lists (memos_pipeline/search/filters.py)"),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, populate_by_name=True)
+
+
+class _ClientRequest(_Strict):
+    """A request body MemOS's own client sends too. That client sends every field it knows, the ones its caller did
+    not set as JSON null: here null means "not given" (the field's default).
+
+    Fields of that client we do not implement are still accepted; ``UNSUPPORTED`` maps each to the values that ask
+    for nothing we do not do (the client's defaults), and ``ignored()`` names the ones given any other value, which
+    the answer lists in ``data.ignored``: never applied half-way, never dropped without a word. Models that accept
+    unknown keys (``extra="ignore"``) report those there too. ``ALIASES`` maps the client's name of a field to ours,
+    used when ours is not given."""
+
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    ALIASES: ClassVar[dict[str, str]] = {}
+    _unknown: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _client_shape(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        if not isinstance(data, dict):
+            return handler(data)
+        given = {k: v for k, v in data.items() if v is not None}
+        for theirs, ours in cls.ALIASES.items():
+            if theirs in given and ours not in given:
+                given[ours] = given.pop(theirs)
+        model = handler(given)
+        model._unknown = sorted(k for k in given if k not in cls.model_fields)
+        return model
+
+    def ignored(self) -> list[str]:
+        """The fields given that were not applied (see the class docstring), sorted."""
+        unsupported = [
+            name
+            for name, neutral in self.UNSUPPORTED.items()
+            if name in self.model_fields_set and getattr(self, name) not in neutral
+        ]
+        return sorted([*unsupported, *self._unknown])
 
 
 class MessageIn(_Strict):
@@ -62,8 +129,15 @@ class MessageIn(_Strict):
         return v
 
 
-class AddRequest(_Strict):
+class AddRequest(_ClientRequest):
+    # Unknown keys are accepted (and reported in data.ignored): other MemOS client versions send other ones.
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "allow_public": (False,),
+        "allow_knowledgebase_ids": ([],),
+        "allow_memory_view": (False,),
+    }
+    ALIASES: ClassVar[dict[str, str]] = {"asyncMode": "async_mode"}  # MemOS client releases that spell it so
 
     user_id: SafeText = _ID
     conversation_id: SafeText = Field("default", min_length=1, max_length=256)
@@ -74,6 +148,11 @@ class AddRequest(_Strict):
     source: SafeText | None = Field(None, max_length=256)
     tags: list[Annotated[SafeText, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
     info: Annotated[dict[str, Any], AfterValidator(_no_nul_deep)] = Field(default_factory=dict)
+    allow_public: bool = Field(False, description="MemOS: share with the project (not implemented: data.ignored)")
+    allow_knowledgebase_ids: list[Annotated[SafeText, Field(max_length=256)]] | None = Field(
+        None, max_length=100, description="MemOS: knowledge bases that may read it (not implemented: data.ignored)"
+    )
+    allow_memory_view: bool = Field(False, description="MemOS: memory views (not implemented: data.ignored)")
 
     @field_validator("async_mode", mode="before")
     @classmethod
@@ -101,8 +180,18 @@ class SearchFilters(_Strict):
     kind: Literal["raw", "fact"] | None = None
 
 
-class SearchRequest(_Strict):
+class SearchRequest(_ClientRequest):
+    # Unknown keys are accepted (and reported in data.ignored), as for the add.
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
+    ALIASES: ClassVar[dict[str, str]] = {"memory_limit_number": "top_k", "preference_limit_number": "pref_top_k"}
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "knowledgebase_ids": ([],),
+        "include_tool_memory": (False,),
+        "include_skill": (False,),
+        "include_memory_view": (False,),
+        "context_format": ("memory",),
+        "source": (),
+    }
 
     user_id: SafeText = _ID
     query: SafeText = Field(min_length=1, max_length=4000)
@@ -115,20 +204,32 @@ class SearchRequest(_Strict):
     channels: list[Literal["dense", "bm25"]] | None = Field(
         None, min_length=1, description="restrict recall to these channels (baselines, debugging); default: all enabled"
     )
+    agent_id: SafeText | None = Field(None, max_length=256, description="only memories of this agent's adds")
+    filter: MemosFilter | None = None
+    relativity: float | None = Field(None, ge=0, le=1, description="minimum score of a returned item")
+    # Accepted for the MemOS client: tool memories, skills, memory views and knowledge bases are not built yet.
+    knowledgebase_ids: list[Annotated[SafeText, Field(max_length=256)]] | None = Field(None, max_length=100)
+    include_tool_memory: bool = False
+    tool_memory_limit_number: int | None = Field(None, ge=0, le=100)
+    include_skill: bool = False
+    skill_limit_number: int | None = Field(None, ge=0, le=100)
+    include_memory_view: bool = False
+    context_format: SafeText = Field("memory", max_length=32)
+    source: SafeText | None = Field(None, max_length=256)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _cloud_aliases(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            if "memory_limit_number" in data and "top_k" not in data:
-                data["top_k"] = data.pop("memory_limit_number")
-            if "preference_limit_number" in data and "pref_top_k" not in data:
-                data["pref_top_k"] = data.pop("preference_limit_number")
-        return data
+    def scope_filter(self) -> dict[str, Any] | None:
+        """The MemOS ``filter`` with ``agent_id`` folded in (both must hold)."""
+        return and_filters(self.filter, {"agent_id": self.agent_id} if self.agent_id else None)
 
 
-class StatusRequest(_Strict):
+def and_filters(*parts: dict[str, Any] | None) -> dict[str, Any] | None:
+    given = [p for p in parts if p]
+    if not given:
+        return None
+    return given[0] if len(given) == 1 else {"and": given}
+
+
+class StatusRequest(_ClientRequest):
     task_id: SafeText | None = Field(None, min_length=1, max_length=64)
     ingest_id: uuid.UUID | None = None
 
@@ -172,11 +273,17 @@ class SearchJob(BaseModel):
     pref_top_k: int = 6
     include_preference: bool = True
     filters: SearchFilters = Field(default_factory=SearchFilters)
+    filter: dict[str, Any] | None = Field(None, description="MemOS filter, checked by the API (search/filters.py)")
     channels: list[Literal["dense", "bm25"]] | None = None
     trace_id: str | None = None
 
 
-class GetMemoryRequest(_Strict):
+class GetMemoryRequest(_ClientRequest):
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "include_tool_memory": (False,),
+        "include_memory_view": (False,),
+    }
+
     user_id: SafeText = _ID
     conversation_id: SafeText | None = Field(None, max_length=256)
     memory_type: SafeText | None = Field(None, max_length=32)
@@ -184,25 +291,86 @@ class GetMemoryRequest(_Strict):
     status: Literal["activated", "archived", "deleted"] = "activated"
     page: int = Field(1, ge=1, le=100_000)
     size: int = Field(20, ge=1, le=200)
+    agent_id: SafeText | None = Field(None, max_length=256, description="only memories of this agent's adds")
+    filter: MemosFilter | None = None
+    include_preference: bool = Field(True, description="also a page of preferences (preference_detail_list)")
+    include_tool_memory: bool = False
+    include_memory_view: bool = False
+
+    def scope_filter(self) -> dict[str, Any] | None:
+        return and_filters(self.filter, {"agent_id": self.agent_id} if self.agent_id else None)
 
 
-class DeleteMemoryRequest(_Strict):
-    user_id: SafeText = _ID
-    memory_ids: list[uuid.UUID] = Field(min_length=1, max_length=500)
+class DeleteMemoryRequest(_ClientRequest):
+    """Soft-delete by ids, or everything in a scope: a user, an agent, a conversation, a filter, a memory type
+    (all that are given must hold). Always inside the key's tenant."""
+
+    user_id: SafeText | None = Field(None, min_length=1, max_length=256)
+    memory_ids: list[uuid.UUID] | None = Field(None, min_length=1, max_length=500)
+    agent_id: SafeText | None = Field(None, min_length=1, max_length=256)
+    conversation_id: SafeText | None = Field(None, min_length=1, max_length=256)
+    memory_type: SafeText | None = Field(None, min_length=1, max_length=32)
+    filter: MemosFilter | None = None
+
+    @field_validator("filter")
+    @classmethod
+    def _not_everything(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if filters.is_empty(filters.parse(v)):
+            raise ValueError("an empty filter matches every memory; give at least one condition")
+        return v
+
+    @model_validator(mode="after")
+    def _some_scope(self) -> DeleteMemoryRequest:
+        if not (self.memory_ids or self.user_id or self.agent_id or self.conversation_id or self.filter):
+            raise ValueError("give memory_ids, user_id, agent_id, conversation_id or filter")
+        return self
+
+    def scope_filter(self) -> dict[str, Any] | None:
+        """Every condition but the ids, as one MemOS filter."""
+        named = {
+            "user_id": self.user_id,
+            "agent_id": self.agent_id,
+            "conversation_id": self.conversation_id,
+            "memory_type": self.memory_type,
+        }
+        return and_filters(self.filter, {k: v for k, v in named.items() if v} or None)
 
 
-class UpdateMemoryRequest(_Strict):
-    user_id: SafeText = _ID
+class UpdateMemoryRequest(_ClientRequest):
+    """A new version with the given value, key or tags (the old one archived), or a status change. MemOS's client
+    names the value ``content`` and the key ``title``, and sends no user_id: the key's tenant is the scope."""
+
+    user_id: SafeText | None = Field(None, min_length=1, max_length=256)
     memory_id: uuid.UUID
     memory_value: SafeText | None = Field(None, min_length=1, max_length=20_000)
     memory_key: SafeText | None = Field(None, min_length=1, max_length=200)
+    content: SafeText | None = Field(None, min_length=1, max_length=20_000, description="MemOS: memory_value")
+    title: SafeText | None = Field(None, min_length=1, max_length=200, description="MemOS: memory_key")
     tags: list[Annotated[SafeText, Field(max_length=100)]] | None = Field(None, max_length=50)
+    status: Literal["activated", "archived", "deleted"] | None = Field(
+        None, description="archived or deleted: retire the memory (alone, without new content)"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> UpdateMemoryRequest:
-        if self.memory_value is None and self.memory_key is None and self.tags is None:
-            raise ValueError("give at least one of memory_value, memory_key, tags")
+        for ours, theirs in (("memory_value", "content"), ("memory_key", "title")):
+            a, b = getattr(self, ours), getattr(self, theirs)
+            if a is not None and b is not None and a != b:
+                raise ValueError(f"{ours} and {theirs} name the same field: give one")
+        changes = self.new_value is not None or self.new_key is not None or self.tags is not None
+        if not changes and self.status is None:
+            raise ValueError("give at least one of content (memory_value), title (memory_key), tags, status")
+        if changes and self.status in ("archived", "deleted"):
+            raise ValueError(f"status {self.status} retires the memory: it cannot come with new content")
         return self
+
+    @property
+    def new_value(self) -> str | None:
+        return self.memory_value if self.memory_value is not None else self.content
+
+    @property
+    def new_key(self) -> str | None:
+        return self.memory_key if self.memory_key is not None else self.title
 
 
 class MemoryHistoryRequest(_Strict):
@@ -210,11 +378,41 @@ class MemoryHistoryRequest(_Strict):
     memory_id: uuid.UUID
 
 
-class GetMessageRequest(_Strict):
+class GetMessageRequest(_ClientRequest):
+    """Paged messages of one conversation (page, size); or, as MemOS's client asks, the latest
+    ``message_limit_number`` messages of the conversation, or of each of the user's latest
+    ``conversation_limit_number`` conversations when none is named."""
+
     user_id: SafeText = _ID
-    conversation_id: SafeText = Field(min_length=1, max_length=256)
+    conversation_id: SafeText | None = Field(None, min_length=1, max_length=256)
     page: int = Field(1, ge=1, le=100_000)
     size: int = Field(50, ge=1, le=500)
+    conversation_limit_number: int = Field(6, ge=1, le=100)
+    message_limit_number: int | None = Field(None, ge=1, le=500)
+    source: SafeText | None = Field(None, max_length=256, description="only messages of adds with this source")
+
+    @property
+    def latest(self) -> bool:
+        """The MemOS way (latest messages per conversation) rather than pages of one conversation."""
+        return self.conversation_id is None or self.message_limit_number is not None
+
+    def ignored(self) -> list[str]:
+        # In the MemOS way there are no pages: page and size, if given, were not applied.
+        paging = [f for f in ("page", "size") if f in self.model_fields_set] if self.latest else []
+        return sorted([*super().ignored(), *paging])
+
+
+class SchedulerRequest(_ClientRequest):
+    """/scheduler/status and /scheduler/wait (MemOS's server routes): the user whose pending ingests count, as
+    ``user_name`` (MemOS's name, in the query string or the body) or ``user_id``; none: every user of the tenant."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"user_name": "user_id"}
+
+    user_id: SafeText | None = Field(None, min_length=1, max_length=256)
+    timeout_seconds: float = Field(
+        120.0, ge=0, le=86_400, description="wait: give up after this long (at most MEMOS_SCHEDULER_WAIT_MAX_S)"
+    )
+    poll_interval: float = Field(0.2, ge=0.01, le=5, description="wait: how often to look again")
 
 
 class AcceptJob(BaseModel):

@@ -7,7 +7,6 @@ Set MEMOS_TEST_DATABASE_URL to run against an external Postgres with pgvector in
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,8 +15,12 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from cli.client import ApiClient
+from cli.harness import Isolated
+from fakes.llm import FakeLLM
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import migrate, pgserver, tenants
+from memos_pipeline.queues import CORE_QUEUES
+from memos_pipeline.storage import migrate, tenants
 from memos_pipeline.storage.db import session_scope
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -40,53 +43,67 @@ def _base_settings(tmp: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings bound to a fresh, migrated database for this test session."""
+    """Settings bound to a fresh, migrated database for this test session; its queues are deleted at the end."""
+    from cli.harness import delete_topology, own_database
+
     base = _base_settings(tmp_path_factory.mktemp("memos"))
     external = os.environ.get("MEMOS_TEST_DATABASE_URL")
-    started = False
-    dbname = f"memos_test_{RUN_ID}"
-    if external:
-        cfg = base.with_overrides(database_url=external)
-    else:
-        started = pgserver.start(base)
-        pgserver.ensure_database(base, dbname)
-        cfg = base.with_overrides(database_url=f"postgresql://postgres@127.0.0.1:{base.pg_port}/{dbname}")
-    migrate.upgrade(cfg)
-    yield cfg
-    _delete_queues(cfg)
-    if not external:
-        from memos_pipeline.storage.db import get_engine
-
-        get_engine(cfg).dispose()
-        pgserver.drop_database(base, dbname)
-        if started:
-            pgserver.release(base)
-
-
-def _delete_queues(cfg: Settings) -> None:
-    """Leave no test queues (or messages in them) behind on the shared broker."""
-    from kombu import Connection
-
-    from memos_pipeline.celery_app import declared_queues
-
-    with Connection(cfg.broker_url) as conn:
-        for q in declared_queues(cfg):
-            with contextlib.suppress(Exception):  # already gone
-                q(conn.default_channel).delete()
+    with own_database(base.with_overrides(database_url=external) if external else base, f"memos_test_{RUN_ID}") as cfg:
+        migrate.upgrade(cfg)
+        yield cfg
+        delete_topology(cfg)
 
 
 @pytest.fixture(scope="session")
 def workers(settings: Settings) -> Iterator[Settings]:
-    """Real Celery workers (chunker, indexer, search) and the outbox relay, consuming this session's queues."""
-    from cli.stack import Stack
+    """Real Celery workers (chunker, indexer, search, reranker) and the outbox relay, consuming this session's
+    queues (deleted by ``settings`` at the end, not here: later fixtures add workers to them)."""
+    from cli.harness import running
 
-    stack = Stack(settings, api=False, quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1")
-    stack.start()
-    try:
-        stack.wait_ready(timeout=180)
+    with running(settings, CORE_QUEUES, relay=True, delete_queues=False):
         yield settings
-    finally:
-        stack.stop(stop_db=False)
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeLLM]:
+    with FakeLLM() as llm:
+        yield llm
+
+
+@pytest.fixture(scope="session")
+def llm_stack(settings: Settings, fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Real workers for every queue, the LLM stages' too, with the fake LLM configured and short timeouts, on queues
+    and a BM25 directory of their own (never meeting the LLM-less ``workers``): the LLM tests' and Flower's stack."""
+    from cli.harness import running
+    from memos_pipeline.queues import QUEUES
+
+    cfg = settings.with_overrides(
+        llm_base_url=fake_llm.base_url,
+        llm_model="fake-model",
+        llm_api_key="test",
+        queue_prefix=f"llm{RUN_ID}.",
+        bm25_path=tmp_path_factory.mktemp("bm25-llm"),
+        llm_timeout_s=2.0,
+        llm_max_retries=2,
+        task_max_retries=5,
+        extract_batch_messages=20,
+        preference_adder_mode="fast",
+        memory_adder_mode="fast",
+    )
+    with running(cfg, QUEUES, relay=True):
+        yield cfg
+
+
+@pytest.fixture(scope="session")
+def http_stack(workers: Settings) -> Iterator[Isolated]:
+    """The session's workers behind a gunicorn API (no per-key rate limit): the stack the benchmark tests share
+    (each run makes a tenant of its own), instead of each starting a full one."""
+    from cli.harness import api_server, create_key
+
+    with api_server(workers.with_overrides(rate_limit_per_min=0)) as stack:
+        tenant_id, key = create_key(workers, f"shared-{RUN_ID}")
+        with ApiClient(stack.base_url, key) as api:
+            yield Isolated(stack.settings, stack, f"shared-{RUN_ID}", tenant_id, api, Path(), RUN_ID)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """The shim ``celery -A workers.celery`` loads: the app from the one factory, with every queue's module."""
 
+import logging
 from typing import Any
 
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init
 
 from memos_pipeline import logsafe
 from memos_pipeline.celery_app import declare_topology, make_celery
@@ -31,3 +32,37 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         from memos_pipeline.embedders import get_embedder
 
         get_embedder(settings).embed(["warm up"])
+    forks = "prefork" in pool_name  # "prefork" (-P), or the class once resolved
+    if forks:
+        from memos_pipeline.storage.db import get_engine
+
+        # Reading the active model opened a database connection here; children forked with it in their pools would
+        # share its socket. They open their own.
+        get_engine(settings).dispose()
+    if settings.queue("search") in consumed:
+        # A database connection and the BM25 reader (its own threads) must not cross a fork: warm each child then.
+        if forks:
+            _WARM_IN_CHILDREN.add("search")
+        else:
+            _warm_search()
+
+
+_WARM_IN_CHILDREN: set[str] = set()  # filled before the fork, read by each child
+log = logging.getLogger("memos.workers")
+
+
+@worker_process_init.connect
+def _on_child_init(**_: Any) -> None:
+    if "search" in _WARM_IN_CHILDREN:
+        _warm_search()
+
+
+def _warm_search() -> None:
+    """A whole search before the first task (workers/search.py: warm_up), not during it."""
+    from workers.search import warm_up
+
+    try:
+        warm_up(settings)
+    except Exception:
+        # Only an optimisation: a database or index not reachable yet must not keep the worker from starting.
+        log.warning("search warm-up failed; the first search will pay for it", exc_info=True)

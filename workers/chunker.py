@@ -4,11 +4,8 @@ with another model in batches (``reembed_*``, see ``memos_pipeline.jobs.reembed`
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
-
-from celery import chord, group
 
 from memos_pipeline.embedders import get_embedder
 from memos_pipeline.ingest import lifecycle
@@ -20,9 +17,9 @@ from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 from workers.base import PipelineTask
 from workers.celery import MAX_RETRIES, app
+from workers.jobs import job_tasks
 
 log = logging.getLogger("memos.workers.chunker")
-REEMBED = {"bind": True, "base": PipelineTask, "max_retries": MAX_RETRIES, "ignore_result": False}
 
 
 @app.task(bind=True, base=PipelineTask, name="memos.chunker.chunk", max_retries=MAX_RETRIES, stage="chunker")
@@ -55,56 +52,5 @@ def accept(self: PipelineTask, payload: dict[str, Any]) -> str:
     return str(res.accepted.ingest_id)
 
 
-@app.task(name="memos.chunker.reembed_begin", **REEMBED)
-def reembed_begin(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any] | None:
-    step = reembed.ReembedStep.model_validate(payload)
-    job = reembed.begin(self.settings, step.job_id)
-    return dataclasses.asdict(job) if job else None
-
-
-@app.task(name="memos.chunker.reembed_batch", **REEMBED)
-def reembed_batch(self: PipelineTask, payload: dict[str, Any]) -> int:
-    b = reembed.ReembedBatch.model_validate(payload)
-    return reembed.run_batch(self.settings, b.job_id, b.batch)
-
-
-@app.task(name="memos.chunker.reembed_finalize", **REEMBED)
-def reembed_finalize(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
-    step = reembed.ReembedStep.model_validate(payload)
-    return reembed.finalize(self.settings, step.job_id)
-
-
-@app.task(name="memos.chunker.reembed_abort", **REEMBED)
-def reembed_abort(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any] | None:
-    step = reembed.ReembedStep.model_validate(payload)
-    job = reembed.abort(self.settings, step.job_id)
-    return dataclasses.asdict(job) if job else None
-
-
-@app.task(name="memos.chunker.reembed_all", **REEMBED)
-def reembed_all(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
-    """The whole job without a client waiting (beat, another system), like ``memos.indexer.reindex_all``: start
-    or resume it, then a chord of ``window`` batch tasks whose callback is this task again, until the index build
-    and the swap (both run here, on this chunker)."""
-    req = reembed.ReembedAll.model_validate(payload)
-    settings = self.settings
-    if req.job_id is None:
-        try:
-            job, _ = reembed.start_or_resume(settings, req.model, req.batch_size, req.force)
-        except reembed.AlreadyActive as exc:  # a schedule firing again: nothing to do
-            return {"status": "already_active", "reason": str(exc)}
-        except (reembed.JobConflict, ValueError) as exc:  # not transient: retrying cannot help
-            log.warning("reembed_all: %s", exc)
-            return {"status": "refused", "reason": str(exc)}
-        req = req.model_copy(update={"job_id": job.job_id})
-    began = reembed.begin(settings, str(req.job_id))
-    if began is None or began.finished:
-        return {"status": began.status if began else "gone", "job_id": req.job_id}
-    job = reembed.plan(settings, began)
-    todo = reembed.pending(settings, job)[: req.window or reembed.default_window(settings)]
-    if todo:
-        batches = [reembed_batch.s(reembed.ReembedBatch(job_id=job.job_id, batch=i).model_dump()) for i in todo]
-        chord(group(batches))(reembed_all.si(req.model_dump()))
-        return {"status": "dispatched", "job_id": job.job_id, "batches": todo}
-    reembed.build_index(settings, job.job_id)
-    return reembed.finalize(settings, job.job_id)
+# memos.chunker.reembed_begin/_batch/_finalize/_abort/_all (workers/jobs.py; the job: memos_pipeline.jobs.reembed).
+reembed_all = job_tasks(reembed.KIND)

@@ -7,14 +7,12 @@ go to the new generation meanwhile); see ``memos_pipeline.jobs.reindex``.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from celery import chord, group
 from sqlalchemy.orm import Session
 
 from memos_pipeline.jobs import reindex
@@ -23,11 +21,12 @@ from memos_pipeline.search import graph
 from memos_pipeline.stages import index as index_stage
 from memos_pipeline.storage import ingests
 from memos_pipeline.storage import memories as memory_rows
-from memos_pipeline.storage.bm25 import get_generations, get_index
+from memos_pipeline.storage.bm25 import get_index
 from memos_pipeline.storage.db import session_scope
 from workers import metrics
 from workers.base import TRANSIENT, PipelineTask
 from workers.celery import MAX_RETRIES, app
+from workers.jobs import job_tasks
 
 log = logging.getLogger("memos.workers.indexer")
 
@@ -38,14 +37,6 @@ try:  # index timeouts and connection drops are transient too (the client is opt
     RETRY_ON: tuple[type[BaseException], ...] = (*TRANSIENT, EsConnectionError, EsConnectionTimeout)
 except ImportError:  # pragma: no cover
     RETRY_ON = TRANSIENT
-
-REINDEX = {
-    "bind": True,
-    "base": PipelineTask,
-    "max_retries": MAX_RETRIES,
-    "autoretry_for": RETRY_ON,
-    "ignore_result": False,
-}
 
 
 @app.task(
@@ -109,54 +100,5 @@ def upsert(self: PipelineTask, payload: dict[str, Any]) -> int:
     return index_stage.index_memories(get_index(self.settings, writer=True), memories)
 
 
-@app.task(name="memos.indexer.reindex_begin", **REINDEX)
-def reindex_begin(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any] | None:
-    step = reindex.ReindexStep.model_validate(payload)
-    job = reindex.begin(self.settings, get_generations(self.settings), step.job_id)
-    return dataclasses.asdict(job) if job else None
-
-
-@app.task(name="memos.indexer.reindex_batch", **REINDEX)
-def reindex_batch(self: PipelineTask, payload: dict[str, Any]) -> int:
-    b = reindex.ReindexBatch.model_validate(payload)
-    return reindex.run_batch(self.settings, get_generations(self.settings), b.job_id, b.batch)
-
-
-@app.task(name="memos.indexer.reindex_finalize", **REINDEX)
-def reindex_finalize(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
-    step = reindex.ReindexStep.model_validate(payload)
-    return reindex.finalize(self.settings, get_generations(self.settings), step.job_id)
-
-
-@app.task(name="memos.indexer.reindex_abort", **REINDEX)
-def reindex_abort(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any] | None:
-    step = reindex.ReindexStep.model_validate(payload)
-    job = reindex.abort(self.settings, get_generations(self.settings), step.job_id)
-    return dataclasses.asdict(job) if job else None
-
-
-@app.task(name="memos.indexer.reindex_all", **REINDEX)
-def reindex_all(self: PipelineTask, payload: dict[str, Any]) -> dict[str, Any]:
-    """The whole job without a client waiting (beat, another system): start or resume it, then advance it one
-    window at a time: a chord of ``window`` batch tasks whose callback is this task again, until ``finalize``.
-    Never waits on other tasks (it runs on the indexer, which those tasks need); windows keep the queue short,
-    so live upserts published meanwhile wait behind one window at most, not behind the whole job."""
-    req = reindex.ReindexAll.model_validate(payload)
-    settings, gens = self.settings, get_generations(self.settings)
-    if req.job_id is None:
-        try:
-            job, _ = reindex.start_or_resume(settings, reindex.resolve_tenant(settings, req.tenant), req.batch_size)
-        except reindex.JobConflict as exc:
-            log.warning("reindex_all: %s", exc)
-            return {"status": "busy", "reason": str(exc)}
-        req = req.model_copy(update={"job_id": job.job_id})
-    began = reindex.begin(settings, gens, str(req.job_id))
-    if began is None or began.finished:
-        return {"status": began.status if began else "gone", "job_id": req.job_id}
-    job = reindex.plan(settings, began)
-    todo = reindex.pending(settings, job)[: req.window or reindex.default_window(settings)]
-    if not todo:
-        return reindex.finalize(settings, gens, job.job_id)
-    batches = [reindex_batch.s(reindex.ReindexBatch(job_id=job.job_id, batch=i).model_dump()) for i in todo]
-    chord(group(batches))(reindex_all.si(req.model_dump()))
-    return {"status": "dispatched", "job_id": job.job_id, "batches": todo}
+# memos.indexer.reindex_begin/_batch/_finalize/_abort/_all (workers/jobs.py; the job: memos_pipeline.jobs.reindex).
+reindex_all = job_tasks(reindex.KIND, autoretry_for=RETRY_ON)

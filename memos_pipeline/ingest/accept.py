@@ -1,7 +1,8 @@
 """Accepting an add: the one path shared by the HTTP API and the producer queue (memos.chunker.accept).
 
-Commit ingest + messages + outbox row, then publish the chunker task with publisher confirms. A duplicate
-(same idempotency key) writes nothing and is published again only if its first publish never happened.
+Commit ingest + messages + outbox row, then publish the chunker task with publisher confirms. A duplicate (same
+idempotency key, or without one the same add again within MEMOS_ADD_DEDUP_WINDOW_S) writes nothing and is published
+again only if its first publish never happened.
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ def accept_add(
     task = lifecycle.STAGE_TASKS["chunker"]
     with session_scope(settings) as s:
         acc = ingests.accept_ingest(
-            s, tenant_id, req, trace_id=trace_id, stages=stages, task_name=task, idempotency_key=idempotency_key
+            s,
+            tenant_id,
+            req,
+            trace_id=trace_id,
+            stages=stages,
+            task_name=task,
+            idempotency_key=idempotency_key,
+            content_key=ingests.add_content_key(req),
+            dedup_window_s=settings.add_dedup_window_s,
         )
     if acc.duplicate and acc.published:
         return AcceptResult(acc, True)

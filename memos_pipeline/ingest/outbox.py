@@ -7,7 +7,10 @@ publishes rows left unsent past a grace period. The Celery app is passed in: thi
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
+import threading
 from typing import Any, Protocol
 
 from memos_pipeline.config import Settings
@@ -60,9 +63,66 @@ def try_publish_now(
     except Exception as exc:  # the broker being down must never turn an accepted add into an error
         log.warning("publish of %s deferred to the outbox relay: %s", task_id, exc)
         return False
-    with session_scope(settings) as s:
-        ingests.mark_outbox_sent(s, outbox_id)
+    sent_marker(settings).mark(outbox_id)
     return True
+
+
+class SentMarker:
+    """Marks published outbox rows sent from a background thread, every row that queued up in one statement.
+
+    The add's answer does not wait for this write: it only keeps the relay from publishing the row again. Should
+    the process die before the write, the relay re-publishes the row after ``MEMOS_RELAY_GRACE_S``, which is
+    harmless (every task is idempotent), exactly as for a crash between publish and mark before. Under a flood
+    this turns one transaction per add into one per batch.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._ids: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="outbox-sent", daemon=True)
+        self._thread.start()
+        atexit.register(self.flush)
+
+    def mark(self, outbox_id: int) -> None:
+        self._ids.put(outbox_id)
+
+    def _take(self, block: bool) -> list[int]:
+        ids = [self._ids.get()] if block else []
+        while True:
+            try:
+                ids.append(self._ids.get_nowait())
+            except queue.Empty:
+                return ids
+
+    def _write(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        try:
+            with session_scope(self.settings) as s:
+                ingests.mark_outbox_sent(s, ids)
+        except Exception as exc:  # the relay will publish these rows again: wasteful, never wrong
+            log.warning("could not mark %d outbox rows sent: %s", len(ids), exc)
+
+    def _run(self) -> None:
+        while True:
+            self._write(self._take(block=True))
+
+    def flush(self) -> None:
+        """Write what is queued now (at exit, and for tests that read the row right after an add)."""
+        self._write(self._take(block=False))
+
+
+_MARKERS: dict[str, SentMarker] = {}
+_MARKERS_LOCK = threading.Lock()
+
+
+def sent_marker(settings: Settings) -> SentMarker:
+    """This process's marker for the database of ``settings`` (started on first use)."""
+    with _MARKERS_LOCK:
+        marker = _MARKERS.get(settings.sqlalchemy_url)
+        if marker is None:
+            marker = _MARKERS[settings.sqlalchemy_url] = SentMarker(settings)
+        return marker
 
 
 def relay_once(settings: Settings, sender: TaskSender, limit: int = 200) -> int:

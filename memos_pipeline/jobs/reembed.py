@@ -26,9 +26,9 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -48,36 +48,15 @@ def default_window(settings: Settings) -> int:
     return 1
 
 
-# ---------------------------------------------------------------- task payloads (ids and a schema version)
+# ---------------------------------------------------------------- the task payload that names the target
 
 
-class ReembedAll(BaseModel):
-    """memos.chunker.reembed_all: start or resume a job (``job_id`` set: a chord continuing one)."""
+class ReembedAll(batchjob.JobStart):
+    """memos.chunker.reembed_all: every vector recomputed with ``model``."""
 
-    model_config = ConfigDict(extra="forbid")
-    v: Literal[1] = 1
     model: str = Field(min_length=1, max_length=1000)
     batch_size: int = Field(100, ge=1, le=100_000)
-    window: int | None = Field(None, ge=1, le=256)  # None: default_window(settings)
     force: bool = False  # recompute even if the model is already the active one
-    job_id: str | None = None
-
-
-class ReembedStep(BaseModel):
-    """memos.chunker.reembed_begin / reembed_finalize / reembed_abort."""
-
-    model_config = ConfigDict(extra="forbid")
-    v: Literal[1] = 1
-    job_id: str = Field(min_length=1, max_length=64)
-
-
-class ReembedBatch(BaseModel):
-    """memos.chunker.reembed_batch: one keyset page of a job."""
-
-    model_config = ConfigDict(extra="forbid")
-    v: Literal[1] = 1
-    job_id: str = Field(min_length=1, max_length=64)
-    batch: int = Field(ge=0)
 
 
 # ---------------------------------------------------------------- the checkpoint
@@ -128,8 +107,10 @@ class Checkpoint(batchjob.Checkpoint[Job]):
 # ---------------------------------------------------------------- the steps
 
 
-class AlreadyActive(RuntimeError):
+class AlreadyActive(batchjob.NothingToDo):
     """The model asked for is the active one (and no job for it is unfinished): nothing to do without force."""
+
+    status = "already_active"
 
 
 def start_or_resume(settings: Settings, model: str, batch_size: int, force: bool = False) -> tuple[Job, bool]:
@@ -178,10 +159,6 @@ def plan(settings: Settings, job: Job) -> Job:
         job.bounds, job.planned_rows, job.status = bounds, rows, "building"
         Checkpoint(settings).save(job)
     return job
-
-
-def pending(settings: Settings, job: Job) -> list[int]:
-    return Checkpoint(settings).pending(job.job_id, job.batches)
 
 
 def run_batch(settings: Settings, job_id: str, batch: int) -> int:
@@ -303,17 +280,27 @@ def finalize(settings: Settings, job_id: str) -> dict[str, Any]:
 def abort(settings: Settings, job_id: str) -> Job | None:
     """Give up on a job: ``embedding_next`` and its indexes are dropped; the active model never stopped serving.
     (After a rollback's begin, that column holds the previous model's vectors: they go too.)"""
-    cp = Checkpoint(settings)
-    with cp.lock("step"):
-        job = cp.current(job_id)
-        if job is None or job.finished:
-            return job
 
-        def drop(s: Session) -> None:
-            cols.drop_next(s)
-            cols.set_status(s, "building", "aborted")
+    def drop(s: Session) -> None:
+        cols.drop_next(s)
+        cols.set_status(s, "building", "aborted")
 
-        cols.ddl(settings, drop)
-        job.status = "aborted"
-        cp.close(job)
-        return job
+    return Checkpoint(settings).abort(job_id, lambda _: cols.ddl(settings, drop))
+
+
+KIND = batchjob.JobKind(
+    name="reembed",
+    queue="chunker",
+    start_model=ReembedAll,
+    checkpoint=Checkpoint,
+    start=lambda settings, req: start_or_resume(settings, req.model, req.batch_size, req.force),
+    begin=begin,
+    plan=plan,
+    run_batch=run_batch,
+    finalize=finalize,
+    abort=abort,
+    default_window=default_window,
+    # The HNSW index on the new column, before the swap: the CLI builds it from its own process (no chunker is tied
+    # up for minutes), the reembed_all task on the chunker.
+    before_finalize=build_index,
+)

@@ -27,9 +27,9 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, load_only
 
@@ -37,7 +37,7 @@ from memos_pipeline.config import Settings
 from memos_pipeline.jobs import runner as batchjob
 from memos_pipeline.jobs.runner import CountMismatch, JobConflict, NotReady
 from memos_pipeline.stages.index import bm25_doc
-from memos_pipeline.storage.bm25 import Bm25Generations, Bm25Index
+from memos_pipeline.storage.bm25 import Bm25Generations, Bm25Index, get_generations
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Memory, Tenant
 
@@ -55,35 +55,14 @@ def default_window(settings: Settings) -> int:
     return 4 if settings.es_url else 1
 
 
-# ---------------------------------------------------------------- task payloads (ids and a schema version)
+# ---------------------------------------------------------------- the task payload that names the target
 
 
-class ReindexAll(BaseModel):
-    """memos.indexer.reindex_all: start or resume a job (``job_id`` set: a chord continuing one)."""
+class ReindexAll(batchjob.JobStart):
+    """memos.indexer.reindex_all: the whole job, or of one tenant (by name or id)."""
 
-    model_config = ConfigDict(extra="forbid")
-    v: Literal[1] = 1
     tenant: str | None = Field(None, min_length=1, max_length=256)
     batch_size: int = Field(2000, ge=1, le=100_000)
-    window: int | None = Field(None, ge=1, le=256)  # None: default_window(settings)
-    job_id: str | None = None
-
-
-class ReindexStep(BaseModel):
-    """memos.indexer.reindex_begin / reindex_finalize / reindex_abort."""
-
-    model_config = ConfigDict(extra="forbid")
-    v: Literal[1] = 1
-    job_id: str = Field(min_length=1, max_length=64)
-
-
-class ReindexBatch(BaseModel):
-    """memos.indexer.reindex_batch: one keyset page of a job."""
-
-    model_config = ConfigDict(extra="forbid")
-    v: Literal[1] = 1
-    job_id: str = Field(min_length=1, max_length=64)
-    batch: int = Field(ge=0)
 
 
 # ---------------------------------------------------------------- the checkpoint
@@ -119,10 +98,6 @@ class Checkpoint(batchjob.Checkpoint[Job]):
         super().__init__(settings, "reindex", Job)
 
 
-def _job(cp: Checkpoint, job_id: str) -> Job | None:
-    return cp.current(job_id)
-
-
 # ---------------------------------------------------------------- Postgres side
 
 
@@ -135,16 +110,8 @@ def _scope(tenant_id: str | None) -> list[Any]:
 
 def _light() -> Any:
     # Everything bm25_doc reads and nothing more: the 384-float embedding would dominate the transfer.
-    cols = (
-        Memory.tenant_id,
-        Memory.user_id,
-        Memory.conversation_id,
-        Memory.kind,
-        Memory.memory_key,
-        Memory.memory_value,
-        Memory.status,
-    )
-    return load_only(*cols)
+    m = Memory
+    return load_only(m.tenant_id, m.user_id, m.conversation_id, m.kind, m.memory_key, m.memory_value, m.status)
 
 
 def resolve_tenant(settings: Settings, tenant: str | None) -> str | None:
@@ -199,7 +166,7 @@ def begin(settings: Settings, gens: Bm25Generations, job_id: str) -> Job | None:
     """Indexer: create the job's generation (dual-write starts) and, for one tenant, copy in the others."""
     cp = Checkpoint(settings)
     with cp.lock("step"):
-        job = _job(cp, job_id)
+        job = cp.current(job_id)
         if job is None or job.finished:
             return job
         if job.generation is None:
@@ -228,14 +195,10 @@ def plan(settings: Settings, job: Job) -> Job:
     return job
 
 
-def pending(settings: Settings, job: Job) -> list[int]:
-    return Checkpoint(settings).pending(job.job_id, job.batches)
-
-
 def run_batch(settings: Settings, gens: Bm25Generations, job_id: str, batch: int) -> int:
     """Indexer: index one page into the new generation; checkpoint it only once committed."""
     cp = Checkpoint(settings)
-    job = _job(cp, job_id)
+    job = cp.current(job_id)
     if job is None or job.status != "building" or job.generation is None or batch >= job.batches:
         return 0
     with session_scope(settings) as s:
@@ -249,7 +212,7 @@ def finalize(settings: Settings, gens: Bm25Generations, job_id: str) -> dict[str
     """Indexer: catch up, check the count against Postgres, swap, drop the old generation. Idempotent."""
     cp = Checkpoint(settings)
     with cp.lock("step"):
-        job = _job(cp, job_id)
+        job = cp.current(job_id)
         if job is None:
             raise NotReady(f"re-index job {job_id} is not the current one")
         if job.status == "done" and job.result is not None:
@@ -299,13 +262,24 @@ def finalize(settings: Settings, gens: Bm25Generations, job_id: str) -> dict[str
 
 def abort(settings: Settings, gens: Bm25Generations, job_id: str) -> Job | None:
     """Indexer: give up on a job: its generation is dropped, the current one never stopped serving."""
-    cp = Checkpoint(settings)
-    with cp.lock("step"):
-        job = _job(cp, job_id)
-        if job is None or job.finished:
-            return job
+
+    def drop(job: Job) -> None:
         if job.generation is not None:
             gens.abort_generation(job.generation)
-        job.status = "aborted"
-        cp.close(job)
-        return job
+
+    return Checkpoint(settings).abort(job_id, drop)
+
+
+KIND = batchjob.JobKind(
+    name="reindex",
+    queue="indexer",
+    start_model=ReindexAll,
+    checkpoint=Checkpoint,
+    start=lambda settings, req: start_or_resume(settings, resolve_tenant(settings, req.tenant), req.batch_size),
+    begin=lambda settings, job_id: begin(settings, get_generations(settings), job_id),
+    plan=plan,
+    run_batch=lambda settings, job_id, batch: run_batch(settings, get_generations(settings), job_id, batch),
+    finalize=lambda settings, job_id: finalize(settings, get_generations(settings), job_id),
+    abort=lambda settings, job_id: abort(settings, get_generations(settings), job_id),
+    default_window=default_window,
+)

@@ -15,9 +15,11 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import redis
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -33,6 +35,12 @@ class JobConflict(RuntimeError):
     """Another job of the same kind, for a different target, is unfinished: one at a time."""
 
 
+class NothingToDo(RuntimeError):
+    """The job asked for would change nothing (``status`` says why); not an error for a schedule firing again."""
+
+    status = "nothing_to_do"
+
+
 class NotReady(RuntimeError):
     pass
 
@@ -44,6 +52,10 @@ class CountMismatch(RuntimeError):
 class JobRecord(Protocol):
     job_id: str
     status: str
+    batch_size: int
+
+    @property
+    def batches(self) -> int: ...
 
     @property
     def finished(self) -> bool: ...
@@ -108,6 +120,17 @@ class Checkpoint(Generic[J]):
         self.r.expire(f"{self.key}:job", 7 * 86400)
         self.r.delete(self._done_key(job.job_id))
 
+    def abort(self, job_id: str, drop: Callable[[J], Any]) -> J | None:
+        """Give up on the job (``drop``: remove what it built; what serves now never stopped). Idempotent."""
+        with self.lock("step"):
+            job = self.current(job_id)
+            if job is None or job.finished:
+                return job
+            drop(job)
+            job.status = "aborted"
+            self.close(job)
+            return job
+
     def current(self, job_id: str) -> J | None:
         """The stored job if it is ``job_id`` (a task of a replaced job finds nothing to do)."""
         job = self.load()
@@ -124,6 +147,60 @@ class Checkpoint(Generic[J]):
         """Every key of this kind (tests and benchmarks clean up their namespace with it)."""
         for key in self.r.scan_iter(f"{self.key}*"):
             self.r.delete(key)
+
+
+# ---------------------------------------------------------------- task payloads (ids and a schema version)
+
+
+class JobStep(BaseModel):
+    """memos.<queue>.<kind>_begin / _finalize / _abort."""
+
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = 1
+    job_id: str = Field(min_length=1, max_length=64)
+
+
+class JobBatch(JobStep):
+    """memos.<queue>.<kind>_batch: one keyset page of a job."""
+
+    batch: int = Field(ge=0)
+
+
+class JobStart(BaseModel):
+    """memos.<queue>.<kind>_all: start or resume a job (``job_id`` set: a chord continuing one). Each kind adds
+    what names its target and its default batch size."""
+
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = 1
+    batch_size: int = Field(ge=1, le=100_000)
+    window: int | None = Field(None, ge=1, le=256)  # None: the kind's default_window(settings)
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class JobKind(Generic[J]):
+    """One kind of batch job as the job-control tasks (``memos.<queue>.<name>_<step>``) and the CLI drive it:
+    start or resume, begin, plan, batches, finalize (after ``before_finalize``, if any), abort. Every step is
+    idempotent and keyed by the job id; the checkpoint says which batches are done."""
+
+    name: str
+    queue: str
+    start_model: type[JobStart]
+    checkpoint: Callable[[Settings], Checkpoint[J]]
+    start: Callable[[Settings, Any], tuple[J, bool]]  # (job, resumed) from a start_model payload
+    begin: Callable[[Settings, str], J | None]
+    plan: Callable[[Settings, J], J]
+    run_batch: Callable[[Settings, str, int], int]
+    finalize: Callable[[Settings, str], dict[str, Any]]
+    abort: Callable[[Settings, str], J | None]
+    default_window: Callable[[Settings], int]
+    before_finalize: Callable[[Settings, str], Any] | None = None
+
+    def task(self, step: str) -> str:
+        return f"memos.{self.queue}.{self.name}_{step}"
+
+    def pending(self, settings: Settings, job: J) -> list[int]:
+        return self.checkpoint(settings).pending(job.job_id, job.batches)
 
 
 def db_clock(settings: Settings) -> str:

@@ -5,17 +5,22 @@ filters on it here, in the data layer, so that no caller can forget to; ids alon
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from memos_pipeline.schemas import AddRequest, IngestJob
+from memos_pipeline.storage.db import content_hash
 from memos_pipeline.storage.models import Ingest, Message, OutboxItem
 from memos_pipeline.text.chunking import Turn
+
+PENDING = ("accepted", "processing")  # an ingest's overall status until it is done or failed
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,7 @@ class Accepted:
     ingest_id: uuid.UUID
     task_id: str
     outbox_id: int
-    duplicate: bool = False  # the idempotency key named an ingest accepted before: nothing new was written
+    duplicate: bool = False  # the same add was accepted before (same key, or same content lately): nothing written
     published: bool = False  # (duplicates only) whether that ingest's task was already published
 
 
@@ -36,12 +41,20 @@ def accept_ingest(
     stages: dict[str, Any],
     task_name: str,
     idempotency_key: str | None = None,
+    content_key: str | None = None,
+    dedup_window_s: float = 0.0,
 ) -> Accepted:
     """Write ingest + messages + outbox row in the caller's transaction: once committed, the add is durable.
 
     With an ``idempotency_key`` already used by this tenant, nothing is written and the earlier ingest is
-    returned (``duplicate=True``): retries and redeliveries of one add stay one ingest.
+    returned (``duplicate=True``): retries and redeliveries of one add stay one ingest. Without one, an add whose
+    ``content_key`` (:func:`add_content_key`) matches an ingest accepted less than ``dedup_window_s`` ago is taken
+    for a retry of it, the same way: clients that retry without a key (the MemOS client) store their add once.
     """
+    if idempotency_key is None and content_key is not None and dedup_window_s > 0:
+        earlier = _recent_same_add(session, tenant_id, content_key, dedup_window_s)
+        if earlier is not None:
+            return earlier
     ingest_id, task_id = uuid.uuid4(), str(uuid.uuid4())
     request_meta = {
         k: v for k, v in req.model_dump(include={"agent_id", "app_id", "source", "tags", "info"}).items() if v
@@ -60,6 +73,7 @@ def accept_ingest(
             message_count=len(req.messages),
             request=request_meta,
             idempotency_key=idempotency_key,
+            content_key=content_key,
         )
         .on_conflict_do_nothing(constraint="uq_ingests_tenant_idempotency_key")
         .returning(Ingest.id)
@@ -101,6 +115,38 @@ def accept_ingest(
         .returning(OutboxItem.id)
     ).scalar_one()
     return Accepted(ingest_id, task_id, outbox_id)
+
+
+def add_content_key(req: AddRequest) -> str:
+    """What makes two adds the same add: user, conversation and the messages, every field of each."""
+    messages = [m.model_dump(mode="json") for m in req.messages]
+    return content_hash(req.user_id, req.conversation_id, json.dumps(messages, sort_keys=True, ensure_ascii=False))
+
+
+def _recent_same_add(session: Session, tenant_id: uuid.UUID, content_key: str, window_s: float) -> Accepted | None:
+    """The ingest of the same add accepted within the window, if any.
+
+    Identical adds racing each other (a client's retries sent at once) serialise on a transaction-scoped advisory
+    lock on (tenant, content key): the second waits until the first commits or rolls back, and its next statement
+    sees the committed row. Without the lock both would find nothing and both insert (the key is not unique: the
+    same content after the window is a new add)."""
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"add/{tenant_id}/{content_key}"}
+    )
+    row = session.execute(
+        select(Ingest.id, Ingest.task_id, OutboxItem.id, OutboxItem.sent_at)
+        .join(OutboxItem, OutboxItem.ingest_id == Ingest.id)
+        .where(
+            Ingest.tenant_id == tenant_id,
+            Ingest.content_key == content_key,
+            Ingest.created_at > func.clock_timestamp() - dt.timedelta(seconds=window_s),
+        )
+        .order_by(Ingest.created_at.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return Accepted(row[0], row[1], row[2], duplicate=True, published=row[3] is not None)
 
 
 def get_ingest(session: Session, ingest_id: uuid.UUID) -> Ingest | None:
@@ -157,8 +203,11 @@ def stuck_ingests(session: Session, older_than_s: float, limit: int) -> list[Ing
     return list(session.execute(q).scalars())
 
 
-def mark_outbox_sent(session: Session, outbox_id: int) -> None:
-    session.execute(update(OutboxItem).where(OutboxItem.id == outbox_id).values(sent_at=func.now()))
+def mark_outbox_sent(session: Session, outbox_ids: int | Sequence[int]) -> None:
+    ids = [outbox_ids] if isinstance(outbox_ids, int) else list(outbox_ids)
+    session.execute(
+        update(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.sent_at.is_(None)).values(sent_at=func.now())
+    )
 
 
 def claim_unsent(session: Session, older_than_s: float, limit: int = 100) -> list[OutboxItem]:
@@ -175,10 +224,23 @@ def claim_unsent(session: Session, older_than_s: float, limit: int = 100) -> lis
 
 
 def page_messages(
-    session: Session, tenant_id: uuid.UUID, user_id: str, conversation_id: str, page: int, size: int
+    session: Session,
+    tenant_id: uuid.UUID,
+    user_id: str,
+    conversation_id: str,
+    page: int,
+    size: int,
+    source: str | None = None,
 ) -> tuple[list[Message], int]:
-    conds = [Message.tenant_id == tenant_id, Message.user_id == user_id, Message.conversation_id == conversation_id]
-    total = int(session.execute(select(func.count()).select_from(Message).where(*conds)).scalar_one())
+    """A page of one conversation's messages in the order they were said, and how many there are; ``source``:
+    only those of adds sent with that source."""
+    conds = _message_scope(tenant_id, user_id, source)
+    conds.append(Message.conversation_id == conversation_id)
+    total = int(
+        session.execute(
+            select(func.count()).select_from(Message).join(Ingest, Ingest.id == Message.ingest_id).where(*conds)
+        ).scalar_one()
+    )
     rows = session.execute(
         select(Message)
         .join(Ingest, Ingest.id == Message.ingest_id)
@@ -188,3 +250,64 @@ def page_messages(
         .limit(size)
     ).scalars()
     return list(rows), total
+
+
+def latest_messages(
+    session: Session,
+    tenant_id: uuid.UUID,
+    user_id: str,
+    *,
+    conversation_id: str | None,
+    conversations: int,
+    per_conversation: int,
+    source: str | None = None,
+) -> list[Message]:
+    """The last ``per_conversation`` messages of the conversation, or of each of the user's ``conversations``
+    most recently added to when none is named; in the order they were said (MemOS's get_message)."""
+    conds = _message_scope(tenant_id, user_id, source)
+    if conversation_id is not None:
+        conds.append(Message.conversation_id == conversation_id)
+    else:
+        recent = (
+            select(Message.conversation_id)
+            .join(Ingest, Ingest.id == Message.ingest_id)
+            .where(*conds)
+            .group_by(Message.conversation_id)
+            .order_by(func.max(Ingest.created_at).desc(), Message.conversation_id)
+            .limit(conversations)
+        )
+        conds.append(Message.conversation_id.in_(recent.scalar_subquery()))
+    newest_first = (Ingest.created_at.desc(), Message.seq.desc())
+    rank = func.row_number().over(partition_by=Message.conversation_id, order_by=newest_first).label("rank")
+    ranked = select(Message.id, rank).join(Ingest, Ingest.id == Message.ingest_id).where(*conds).subquery()
+    rows = session.execute(
+        select(Message)
+        .join(ranked, ranked.c.id == Message.id)
+        .join(Ingest, Ingest.id == Message.ingest_id)
+        .where(ranked.c.rank <= per_conversation)
+        .order_by(Ingest.created_at, Message.seq)
+    ).scalars()
+    return list(rows)
+
+
+def _message_scope(tenant_id: uuid.UUID, user_id: str, source: str | None) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = [Message.tenant_id == tenant_id, Message.user_id == user_id]
+    if source is not None:
+        conds.append(Ingest.request.contains({"source": source}))
+    return conds
+
+
+def pending_counts(session: Session, tenant_id: uuid.UUID, user_id: str | None) -> dict[str, int]:
+    """Per user, how many of the tenant's ingests (that user's, when one is named) are not yet done or failed."""
+    q = select(Ingest.user_id, func.count()).where(Ingest.tenant_id == tenant_id, Ingest.status.in_(PENDING))
+    if user_id is not None:
+        q = q.where(Ingest.user_id == user_id)
+    return {u: int(n) for u, n in session.execute(q.group_by(Ingest.user_id)).all()}
+
+
+def pending_ingests(session: Session, tenant_id: uuid.UUID, user_id: str | None, limit: int) -> list[Ingest]:
+    """The oldest ``limit`` of those ingests."""
+    q = select(Ingest).where(Ingest.tenant_id == tenant_id, Ingest.status.in_(PENDING))
+    if user_id is not None:
+        q = q.where(Ingest.user_id == user_id)
+    return list(session.execute(q.order_by(Ingest.created_at).limit(limit)).scalars())

@@ -8,12 +8,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from memos_pipeline.storage.db import content_hash, now
-from memos_pipeline.storage.models import AuditLog, Ingest, Memory, MemoryEdge
+from memos_pipeline.storage.models import AuditLog, Ingest, Memory, MemoryEdge, Preference
 
 
 def upsert_raw_memories(session: Session, ingest: Ingest, rows: Sequence[dict[str, Any]]) -> list[uuid.UUID]:
@@ -68,8 +68,13 @@ def page_memories(
     status: str,
     page: int,
     size: int,
+    where: ColumnElement[bool] | None = None,
 ) -> tuple[list[Memory], int]:
+    """A page of the user's memories, newest first, and how many there are; ``where``: a compiled MemOS filter
+    (:mod:`memos_pipeline.storage.filters`)."""
     conds = [Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.status == status]
+    if where is not None:
+        conds.append(where)
     if conversation_id is not None:
         conds.append(Memory.conversation_id == conversation_id)
     if memory_type is not None:
@@ -83,11 +88,53 @@ def page_memories(
     return list(rows), total
 
 
+def page_preferences(
+    session: Session,
+    tenant_id: uuid.UUID,
+    user_id: str,
+    *,
+    conversation_id: str | None,
+    status: str,
+    page: int,
+    size: int,
+    where: ColumnElement[bool] | None = None,
+) -> tuple[list[Preference], int]:
+    """A page of the user's preferences, newest first, and how many there are."""
+    conds = [Preference.tenant_id == tenant_id, Preference.user_id == user_id, Preference.status == status]
+    if conversation_id is not None:
+        conds.append(Preference.conversation_id == conversation_id)
+    if where is not None:
+        conds.append(where)
+    total = int(session.execute(select(func.count()).select_from(Preference).where(*conds)).scalar_one())
+    rows = session.execute(
+        select(Preference)
+        .where(*conds)
+        .order_by(Preference.created_at.desc(), Preference.id)
+        .offset((page - 1) * size)
+        .limit(size)
+    ).scalars()
+    return list(rows), total
+
+
 def user_memory(
     session: Session, tenant_id: uuid.UUID, user_id: str, memory_id: uuid.UUID, *, lock: bool = False
 ) -> Memory | None:
-    q = select(Memory).where(Memory.id == memory_id, Memory.tenant_id == tenant_id, Memory.user_id == user_id)
+    return tenant_memory(session, tenant_id, memory_id, user_id=user_id, lock=lock)
+
+
+def tenant_memory(
+    session: Session, tenant_id: uuid.UUID, memory_id: uuid.UUID, *, user_id: str | None = None, lock: bool = False
+) -> Memory | None:
+    """A memory of the tenant (of that user, when one is named): an id alone never reaches another tenant's."""
+    q = select(Memory).where(Memory.id == memory_id, Memory.tenant_id == tenant_id)
+    if user_id is not None:
+        q = q.where(Memory.user_id == user_id)
     q = q.with_for_update().execution_options(populate_existing=True) if lock else q
+    return session.execute(q).scalar_one_or_none()
+
+
+def tenant_preference(session: Session, tenant_id: uuid.UUID, preference_id: uuid.UUID) -> Preference | None:
+    q = select(Preference).where(Preference.id == preference_id, Preference.tenant_id == tenant_id)
     return session.execute(q).scalar_one_or_none()
 
 
@@ -113,19 +160,73 @@ def audit(
 
 
 def soft_delete(
-    session: Session, tenant_id: uuid.UUID, user_id: str, ids: Sequence[uuid.UUID], actor: str
+    session: Session,
+    tenant_id: uuid.UUID,
+    actor: str,
+    *,
+    ids: Sequence[uuid.UUID] | None = None,
+    where: ColumnElement[bool] | None = None,
 ) -> list[uuid.UUID]:
-    """Mark the user's memories deleted (only theirs: other ids are ignored) and audit each."""
+    """Mark deleted the tenant's memories that have one of ``ids`` and match ``where`` (a compiled filter; every
+    condition given must hold), archived versions included: a deleted memory leaves no readable history. One audit
+    row per memory. Ids of other tenants are never touched."""
+    return _soft_delete(session, Memory, "memory", tenant_id, actor, ids, where)
+
+
+def soft_delete_preferences(
+    session: Session,
+    tenant_id: uuid.UUID,
+    actor: str,
+    *,
+    ids: Sequence[uuid.UUID] | None = None,
+    where: ColumnElement[bool] | None = None,
+) -> list[uuid.UUID]:
+    """As :func:`soft_delete`, for preferences (MemOS deletes them with the user's other memories)."""
+    return _soft_delete(session, Preference, "preference", tenant_id, actor, ids, where)
+
+
+def _soft_delete(
+    session: Session,
+    table: type[Memory] | type[Preference],
+    target_type: str,
+    tenant_id: uuid.UUID,
+    actor: str,
+    ids: Sequence[uuid.UUID] | None,
+    where: ColumnElement[bool] | None,
+) -> list[uuid.UUID]:
+    conds: list[ColumnElement[bool]] = [table.tenant_id == tenant_id, table.status != "deleted"]
+    if ids is not None:
+        conds.append(table.id.in_(ids))
+    if where is not None:
+        conds.append(where)
     rows = session.execute(
-        update(Memory)
-        .where(Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.id.in_(ids), Memory.status != "deleted")
-        .values(status="deleted", updated_at=func.now())
-        .returning(Memory.id)
-    ).scalars()
-    deleted = list(rows)
-    for mid in deleted:
-        audit(session, tenant_id, actor, "delete_memory", "memory", str(mid), user_id=user_id)
-    return deleted
+        update(table).where(*conds).values(status="deleted", updated_at=func.now()).returning(table.id, table.user_id)
+    ).all()
+    if rows:
+        session.execute(
+            insert(AuditLog),
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "actor": actor,
+                    "action": f"delete_{target_type}",
+                    "target_type": target_type,
+                    "target_id": str(mid),
+                    "details": {"user_id": user_id},
+                }
+                for mid, user_id in rows
+            ],
+        )
+    return [mid for mid, _ in rows]
+
+
+def retire(session: Session, memory: Memory, status: str, actor: str) -> None:
+    """Archive or delete one memory without a successor (/update/memory with a status); audited."""
+    if memory.status in (status, "deleted"):
+        return  # already retired as asked, or further: a deleted memory is not archived again
+    previous, memory.status, memory.updated_at = memory.status, status, now()
+    action = "delete_memory" if status == "deleted" else "archive_memory"
+    audit(session, memory.tenant_id, actor, action, "memory", str(memory.id), user_id=memory.user_id, previous=previous)
 
 
 def new_version(
@@ -145,6 +246,7 @@ def new_version(
         user_id=old.user_id,
         conversation_id=old.conversation_id,
         ingest_id=None,
+        origin_ingest_id=old.ingest_id or old.origin_ingest_id,
         kind=old.kind,
         memory_key=memory_key,
         memory_value=memory_value,

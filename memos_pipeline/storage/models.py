@@ -95,8 +95,12 @@ class Ingest(Base):
     # The client's key for this add (Idempotency-Key header, or the producer SDK's per-add key): a retried or
     # redelivered add with the same key is the same ingest, never a second one.
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    # A hash of (user, conversation, messages): a client re-sending the same add without a key (the MemOS client
+    # retries at once on any failure) gets this ingest back within MEMOS_ADD_DEDUP_WINDOW_S of its acceptance.
+    content_key: Mapped[str | None] = mapped_column(String(64))
     __table_args__ = (
         Index("ix_ingests_tenant_user_created", "tenant_id", "user_id", "created_at"),
+        Index("ix_ingests_tenant_content_key", "tenant_id", "content_key", "created_at"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_ingests_tenant_idempotency_key"),
     )
 
@@ -130,6 +134,9 @@ class Memory(Base):
     user_id: Mapped[str] = mapped_column(String(256))
     conversation_id: Mapped[str] = mapped_column(String(256))
     ingest_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ingests.id", ondelete="SET NULL"))
+    # A version written by /update/memory has no ingest (ingest_id names the add whose stage wrote the row) but
+    # still belongs to its first version's add, whose agent, app and info filters and deletes by agent read.
+    origin_ingest_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     kind: Mapped[str] = mapped_column(String(16))
     # Raw windows are numbered within their ingest: (ingest_id, kind, chunk_idx) is the natural key that makes
     # a redelivered chunker task an upsert instead of a duplicate.

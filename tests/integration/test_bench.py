@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from cli.harness import Isolated
 from evaluation.bench import run_bench
 from memos_pipeline.config import Settings
 
@@ -30,8 +31,8 @@ def _sane_latency(value: Any, n: int) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_bench_small_run(settings: Settings) -> None:
-    result = run_bench(settings, messages=60, per_add=10, progress=False, probes=3, searches=20)
+def test_bench_small_run(settings: Settings, http_stack: Isolated) -> None:
+    result = run_bench(settings, messages=60, per_add=10, progress=False, probes=3, searches=20, on=http_stack)
     json.dumps(result)  # the CLI prints it as JSON
 
     cfg = result["config"]

@@ -1,14 +1,12 @@
 """`memos-pipeline flower` against real workers for every queue: basic auth, and a worker listed for each queue.
 
-The session's `workers` run the core queues; this module starts the others (memreader, preference) on the same
-session queues, then Flower as a child process through the command itself, and reads its HTTP API.
+The session's LLM stack (``llm_stack`` in conftest.py) runs a worker for every queue; this module starts Flower on
+its queues as a child process through the command itself, and reads its HTTP API.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,9 +19,10 @@ from typing import Any
 import pytest
 import requests
 
-from cli.stack import CORE_QUEUES, Stack, settings_env
-from memos_pipeline.celery_app import QUEUES
+from cli.harness import free_port
+from cli.stack import settings_env
 from memos_pipeline.config import Settings
+from memos_pipeline.queues import QUEUES
 
 pytestmark = pytest.mark.integration
 
@@ -37,31 +36,10 @@ class Flower:
     started: float  # time.monotonic() when the process was spawned
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def every_queue(workers: Settings) -> Iterator[Settings]:
-    """Workers for the queues the session's stack leaves out, so that every queue has one."""
-    missing = [q for q in QUEUES if q not in CORE_QUEUES]
-    stack = Stack(
-        workers, queues=missing, api=False, relay=False, quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1"
-    )
-    stack.start()
-    try:
-        stack.wait_ready(timeout=180)
-        yield workers
-    finally:
-        stack.stop(stop_db=False)
-
-
-@pytest.fixture(scope="module")
-def flower(every_queue: Settings) -> Iterator[Flower]:
+def flower(llm_stack: Settings) -> Iterator[Flower]:
     password = secrets.token_urlsafe(18)
-    settings = every_queue.with_overrides(flower_port=_free_port(), flower_user="ops", flower_password=password)
+    settings = llm_stack.with_overrides(flower_port=free_port(), flower_user="ops", flower_password=password)
     env = settings_env(settings)
     # Flower would otherwise switch task events on for every worker of the (shared) broker, other people's too.
     env["FLOWER_ENABLE_EVENTS"] = "false"
@@ -112,14 +90,14 @@ def test_flower_api_refuses_requests_without_the_right_credentials(flower: Flowe
     assert requests.get(flower.url + "/api/workers", auth=flower.auth, timeout=10).status_code == 200
 
 
-def test_flower_lists_a_worker_for_every_queue(flower: Flower, every_queue: Settings) -> None:
+def test_flower_lists_a_worker_for_llm_stack(flower: Flower, llm_stack: Settings) -> None:
     deadline = time.monotonic() + 60
     while True:
         # refresh: Flower broadcasts `inspect` (stats, active_queues, registered, conf) and waits for the replies.
         resp = requests.get(flower.url + "/api/workers", params={"refresh": "true"}, auth=flower.auth, timeout=30)
         assert resp.status_code == 200, resp.text
         listed = resp.json()
-        by_queue = consumers(listed, every_queue)
+        by_queue = consumers(listed, llm_stack)
         if all(by_queue.values()):
             break
         if time.monotonic() > deadline:
@@ -128,7 +106,7 @@ def test_flower_lists_a_worker_for_every_queue(flower: Flower, every_queue: Sett
 
     for queue, names in by_queue.items():
         # The node name our workers get (<queue>@<host>), and what Flower learned by inspecting that worker.
-        assert any(n.startswith(f"{every_queue.queue(queue)}@") for n in names), (queue, names)
+        assert any(n.startswith(f"{llm_stack.queue(queue)}@") for n in names), (queue, names)
         for name in names:
             info = listed[name]
             assert any(t.startswith(f"memos.{queue}.") for t in info["registered"]), (name, info["registered"])

@@ -1,15 +1,14 @@
 """Issue 3 end to end: the MemReader and preference stages through the real queues, against a scripted
-OpenAI-compatible server running as a separate process (tests/fake_llm.py), talked to by the real ``openai``
+OpenAI-compatible server running as a separate process (fakes/llm.py), talked to by the real ``openai``
 client inside real Celery workers.
 
-The module starts its own stack (chunker, indexer, search, memreader, preference workers and the relay) on its own
-queue prefix and BM25 directory, with the LLM configured and short timeouts, so it never meets the session's
-LLM-less workers. Every wait polls ``/get/status`` against a deadline.
+The session's LLM stack (``llm_stack`` in conftest.py: chunker, indexer, search, memreader, preference workers and
+the relay) runs on its own queue prefix and BM25 directory, with the LLM configured and short timeouts, so it never
+meets the session's LLM-less workers. Every wait polls ``/get/status`` against a deadline.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -22,10 +21,10 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from llm_fixtures import FakeLLM, answer, start_fake_llm
 from sqlalchemy import func, select
 
 from cli import demo
+from fakes.llm import FakeLLM, answer
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
 from memos_pipeline.ingest import lifecycle
@@ -37,7 +36,6 @@ from memos_pipeline.storage.models import Extraction, Memory, MemoryEdge, Prefer
 
 pytestmark = pytest.mark.integration
 
-QUEUES = ["chunker", "indexer", "search", "memreader", "preference"]
 TERMINAL = {"done", "skipped", "failed", "dead_lettered"}
 LLM_STAGES = ("memreader", "preference")
 
@@ -109,61 +107,11 @@ def seed_script(
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeLLM]:
-    with start_fake_llm() as llm:
-        yield llm
-
-
 @pytest.fixture(autouse=True)
 def _llm_alive(fake_llm: FakeLLM) -> None:
     """A test that failed mid-outage must not leave the next one without a model: same port, fresh process."""
     if not fake_llm.alive():
         fake_llm.restart()
-
-
-@pytest.fixture(scope="module")
-def llm_settings(settings: Settings, fake_llm: FakeLLM, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return settings.with_overrides(
-        llm_base_url=fake_llm.base_url,
-        llm_model="fake-model",
-        llm_api_key="test",
-        queue_prefix=f"llm{uuid.uuid4().hex[:8]}.",
-        bm25_path=tmp_path_factory.mktemp("bm25-llm"),
-        llm_timeout_s=2.0,
-        llm_max_retries=2,
-        task_max_retries=5,
-        extract_batch_messages=20,
-        preference_adder_mode="fast",
-        memory_adder_mode="fast",
-    )
-
-
-@pytest.fixture(scope="module")
-def llm_stack(llm_settings: Settings) -> Iterator[Settings]:
-    """Real workers for every queue the LLM path touches, consuming this module's queues."""
-    from cli.stack import Stack
-
-    stack = Stack(llm_settings, queues=QUEUES, api=False, quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1")
-    stack.start()
-    try:
-        stack.wait_ready(timeout=180)
-        yield llm_settings
-    finally:
-        stack.stop(stop_db=False)
-        _delete_queues(llm_settings)
-
-
-def _delete_queues(cfg: Settings) -> None:
-    """Leave none of this module's queues (or their messages) on the shared broker."""
-    from kombu import Connection
-
-    from memos_pipeline.celery_app import declared_queues
-
-    with Connection(cfg.broker_url) as conn:
-        for q in declared_queues(cfg):
-            with contextlib.suppress(Exception):
-                q(conn.default_channel).delete()
 
 
 @pytest.fixture(scope="module")
@@ -487,10 +435,14 @@ def test_same_conversation_twice_creates_no_duplicates(
     api: FlaskClient, auth: dict[str, str], tenant: tuple[uuid.UUID, str], fake_llm: FakeLLM, llm_stack: Settings
 ) -> None:
     seed_script(fake_llm)
-    # Two adds at once (their LLM stages race under the per-user lock), then a third after they finished.
-    first = [add(api, auth, SEED)["task_id"], add(api, auth, SEED)["task_id"]]
+    # The same messages in three conversations (an identical add in the same conversation is one ingest: the
+    # accept step answers a retry with the first add's task), so three ingests whose LLM stages extract the same
+    # facts of one user. Two at once (their LLM stages race under the per-user lock), then a third after them.
+    convs = [f"{demo.CONVERSATION_ID}-{i}" for i in range(3)]
+    first = [add(api, auth, SEED, conv=convs[0])["task_id"], add(api, auth, SEED, conv=convs[1])["task_id"]]
+    assert add(api, auth, SEED, conv=convs[0])["task_id"] == first[0]  # a retry: the same ingest
     sts = wait_until(api, auth, first)
-    third = add(api, auth, SEED)["task_id"]
+    third = add(api, auth, SEED, conv=convs[2])["task_id"]
     sts += wait_until(api, auth, [third])
     assert all(s["status"] == "done" for s in sts), [s["stages"] for s in sts]
 

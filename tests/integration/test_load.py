@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from cli.harness import Isolated
 from evaluation.load import load, run_load
 from memos_pipeline.config import Settings
 
@@ -27,8 +28,10 @@ def _sane_latency(value: dict[str, float | int | None], n: int) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_a_short_low_rate_run(settings: Settings, tmp_path: Path) -> None:
-    result = run_load(settings, RATE, SECONDS, per_add=PER_ADD, search_ratio=2.0, report_dir=tmp_path, progress=False)
+def test_a_short_low_rate_run(settings: Settings, http_stack: Isolated, tmp_path: Path) -> None:
+    result = run_load(
+        settings, RATE, SECONDS, per_add=PER_ADD, search_ratio=2.0, report_dir=tmp_path, progress=False, on=http_stack
+    )
     json.dumps(result)  # the CLI prints it
 
     assert result["config"]["mode"] == "fixed_rate" and result["config"]["per_add"] == PER_ADD

@@ -36,13 +36,16 @@ from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import store
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import AuditLog, Ingest, Memory, Message
 
 pytestmark = pytest.mark.integration
 
 M = TypeVar("M", bound=BaseModel)
+# Generous: no assertion here is about speed, and an update embeds in the API process, whose first one loads the
+# embedding model (tens of seconds on 2 busy cores).
+REQUEST_TIMEOUT_S = 300
 
 TRIP = [
     {"role": "user", "content": "I am planning a trip to Lisbon in May and want to see the old tram lines."},
@@ -64,54 +67,93 @@ WORK = [
 # ---------------------------------------------------------------- the client's requests
 
 
-def add_body(messages: list[dict[str, Any]], user_id: str, conversation_id: str, info: dict[str, Any] | None = None,
-             source: str | None = None, app_id: str | None = None, agent_id: str | None = None,
-             allow_public: bool = False, allow_knowledgebase_ids: list[str] | None = None,
-             allow_memory_view: bool = False, tags: list[str] | None = None,
-             async_mode: bool = True) -> dict[str, Any]:  # fmt: skip
+def add_body(
+    messages: list[dict[str, Any]],
+    user_id: str,
+    conversation_id: str,
+    info: dict[str, Any] | None = None,
+    source: str | None = None,
+    app_id: str | None = None,
+    agent_id: str | None = None,
+    allow_public: bool = False,
+    allow_knowledgebase_ids: list[str] | None = None,
+    allow_memory_view: bool = False,
+    tags: list[str] | None = None,
+    async_mode: bool = True,
+) -> dict[str, Any]:
     """add_message's payload: every key, the caller's defaults included."""
     return {
-        "messages": messages, "user_id": user_id, "conversation_id": conversation_id, "info": info,
-        "source": source, "app_id": app_id, "agent_id": agent_id, "allow_public": allow_public,
-        "allow_knowledgebase_ids": allow_knowledgebase_ids, "allow_memory_view": allow_memory_view, "tags": tags,
+        "messages": messages,
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "info": info,
+        "source": source,
+        "app_id": app_id,
+        "agent_id": agent_id,
+        "allow_public": allow_public,
+        "allow_knowledgebase_ids": allow_knowledgebase_ids,
+        "allow_memory_view": allow_memory_view,
+        "tags": tags,
         "async_mode": async_mode,
-    }  # fmt: skip
+    }
 
 
 def search_body(query: str, user_id: str, conversation_id: str | None, **given: Any) -> dict[str, Any]:
     """search_memory's payload with the client's defaults (limits 6, include_preference true, context_format
     "memory"); the fields without a documented default are sent as null."""
     body: dict[str, Any] = {
-        "query": query, "user_id": user_id, "conversation_id": conversation_id, "agent_id": None,
-        "memory_limit_number": 6, "include_preference": True, "knowledgebase_ids": None, "filter": None,
-        "preference_limit_number": 6, "tool_memory_limit_number": 6, "relativity": None, "include_skill": False,
-        "skill_limit_number": None, "include_memory_view": False, "context_format": "memory", "source": None,
+        "query": query,
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "agent_id": None,
+        "memory_limit_number": 6,
+        "include_preference": True,
+        "knowledgebase_ids": None,
+        "filter": None,
+        "preference_limit_number": 6,
+        "tool_memory_limit_number": 6,
+        "relativity": None,
+        "include_skill": False,
+        "skill_limit_number": None,
+        "include_memory_view": False,
+        "context_format": "memory",
+        "source": None,
         "include_tool_memory": False,
-    }  # fmt: skip
+    }
     body.update(given)
     return body
 
 
 def get_memory_body(user_id: str, **given: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "user_id": user_id, "include_preference": True, "agent_id": None, "include_tool_memory": False,
-        "include_memory_view": False, "filter": None, "page": 1, "size": 10,
-    }  # fmt: skip
+        "user_id": user_id,
+        "include_preference": True,
+        "agent_id": None,
+        "include_tool_memory": False,
+        "include_memory_view": False,
+        "filter": None,
+        "page": 1,
+        "size": 10,
+    }
     body.update(given)
     return body
 
 
 def get_message_body(user_id: str, conversation_id: str | None, **given: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "user_id": user_id, "conversation_id": conversation_id, "conversation_limit_number": 6,
-        "message_limit_number": 6, "source": None,
-    }  # fmt: skip
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "conversation_limit_number": 6,
+        "message_limit_number": 6,
+        "source": None,
+    }
     body.update(given)
     return body
 
 
-def update_body(memory_id: str, content: str | None = None, title: str | None = None,
-                status: str | None = None) -> dict[str, Any]:  # fmt: skip
+def update_body(
+    memory_id: str, content: str | None = None, title: str | None = None, status: str | None = None
+) -> dict[str, Any]:
     """update_memory's payload: no user_id, the key alone says whose memory it may be."""
     return {"memory_id": memory_id, "content": content, "title": title, "status": status}
 
@@ -127,11 +169,15 @@ class Api:
         self.headers = {"Content-Type": "application/json", "Authorization": f"Token {key}"}
 
     def post(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> requests.Response:
-        return requests.post(f"{self.base}{path}", data=json.dumps(body), headers={**self.headers, **(headers or {})},
-                             timeout=60)  # fmt: skip
+        return requests.post(
+            f"{self.base}{path}",
+            data=json.dumps(body),
+            headers={**self.headers, **(headers or {})},
+            timeout=REQUEST_TIMEOUT_S,
+        )
 
     def get(self, path: str) -> requests.Response:
-        return requests.get(f"{self.base}{path}", headers=self.headers, timeout=60)
+        return requests.get(f"{self.base}{path}", headers=self.headers, timeout=REQUEST_TIMEOUT_S)
 
     def ok(self, path: str, body: dict[str, Any], model: type[M], headers: dict[str, str] | None = None) -> M:
         """A 2xx whose body the client's model accepts (what the client needs to not retry)."""
@@ -192,7 +238,7 @@ def base_url(workers: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def new_tenant(settings: Settings) -> tuple[uuid.UUID, str]:
     with session_scope(settings) as s:
-        return store.create_api_key(s, f"contract-{uuid.uuid4().hex[:10]}", "contract")
+        return tenants.create_api_key(s, f"contract-{uuid.uuid4().hex[:10]}", "contract")
 
 
 @pytest.fixture
@@ -207,7 +253,7 @@ def seeded(api: Api) -> dict[str, str]:
     tasks = {
         "trip": api.add(
             add_body(TRIP, "u1", "trip", agent_id="a1", app_id="app1", tags=["travel"], info={"scene": "chat"})
-        )["task_id"],  # fmt: skip
+        )["task_id"],
         "pets": api.add(add_body(PETS, "u1", "pets", agent_id="a2"))["task_id"],
         "work": api.add(add_body(WORK, "u2", "work"))["task_id"],
     }
@@ -220,21 +266,34 @@ def counts(settings: Settings, tenant_id: uuid.UUID, user_id: str, conversation_
     with session_scope(settings) as s:
         scope = (Ingest.tenant_id == tenant_id, Ingest.user_id == user_id, Ingest.conversation_id == conversation_id)
         ingests = s.execute(select(func.count()).select_from(Ingest).where(*scope)).scalar_one()
-        messages = s.execute(select(func.count()).select_from(Message).where(
-            Message.tenant_id == tenant_id, Message.user_id == user_id, Message.conversation_id == conversation_id,
-        )).scalar_one()  # fmt: skip
-        raw = s.execute(select(func.count()).select_from(Memory).where(
-            Memory.tenant_id == tenant_id, Memory.user_id == user_id, Memory.conversation_id == conversation_id,
-            Memory.kind == "raw",
-        )).scalar_one()  # fmt: skip
+        messages = s.execute(
+            select(func.count())
+            .select_from(Message)
+            .where(
+                Message.tenant_id == tenant_id,
+                Message.user_id == user_id,
+                Message.conversation_id == conversation_id,
+            )
+        ).scalar_one()
+        raw = s.execute(
+            select(func.count())
+            .select_from(Memory)
+            .where(
+                Memory.tenant_id == tenant_id,
+                Memory.user_id == user_id,
+                Memory.conversation_id == conversation_id,
+                Memory.kind == "raw",
+            )
+        ).scalar_one()
         return int(ingests), int(messages), int(raw)
 
 
 # ---------------------------------------------------------------- add_message
 
 
-def test_add_message_exactly_as_the_client_sends_it(api: Api, settings: Settings,
-                                                    tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+def test_add_message_exactly_as_the_client_sends_it(
+    api: Api, settings: Settings, tenant: tuple[uuid.UUID, str]
+) -> None:
     """Nulls for info, source, app_id, agent_id, allow_knowledgebase_ids and tags mean "not given"; the answer
     has success, task_id and status; the conversation is stored once."""
     data = api.add(add_body(TRIP, "u1", "c1"))
@@ -247,17 +306,44 @@ def test_add_message_exactly_as_the_client_sends_it(api: Api, settings: Settings
 def test_add_message_with_every_field_set(api: Api, settings: Settings, tenant: tuple[uuid.UUID, str]) -> None:
     """Fields we do not implement (public memories, knowledge bases, memory views) are accepted and reported in
     data.ignored, never applied; the ones we do are stored with the ingest. async_mode false waits for the chain."""
-    body = add_body(TRIP, "u1", "c1", info={"scene": "chat", "biz_id": "b1"}, source="web", app_id="app1",
-                    agent_id="a1", allow_public=True, allow_knowledgebase_ids=["kb1"], allow_memory_view=True,
-                    tags=["travel"], async_mode=False)  # fmt: skip
+    body = add_body(
+        TRIP,
+        "u1",
+        "c1",
+        info={"scene": "chat", "biz_id": "b1"},
+        source="web",
+        app_id="app1",
+        agent_id="a1",
+        allow_public=True,
+        allow_knowledgebase_ids=["kb1"],
+        allow_memory_view=True,
+        tags=["travel"],
+        async_mode=False,
+    )
     data = api.add(body)
     assert set(data["ignored"]) == {"allow_public", "allow_knowledgebase_ids", "allow_memory_view"}
     assert data["status"] == "done"  # sync: the whole chain ran before the answer
     assert data["memory_detail_list"]
     with session_scope(settings) as s:
         ingest = s.execute(select(Ingest).where(Ingest.tenant_id == tenant[0])).scalar_one()
-        assert ingest.request == {"agent_id": "a1", "app_id": "app1", "source": "web", "tags": ["travel"],
-                                  "info": {"scene": "chat", "biz_id": "b1"}}  # fmt: skip
+        assert ingest.request == {
+            "agent_id": "a1",
+            "app_id": "app1",
+            "source": "web",
+            "tags": ["travel"],
+            "info": {"scene": "chat", "biz_id": "b1"},
+        }
+
+
+def test_add_reports_keys_it_does_not_know(api: Api, settings: Settings, tenant: tuple[uuid.UUID, str]) -> None:
+    """Other MemOS client releases send other keys: an add takes them (it does not fail the client's call) and says
+    it did not apply them; a key it knows under another name (asyncMode) is applied."""
+    body = {**add_body(WORK, "u1", "c1"), "bogus": 1, "allow_public": None}
+    del body["async_mode"]
+    data = api.add({**body, "asyncMode": False})
+    assert data["ignored"] == ["bogus"]
+    assert data["status"] == "done"  # asyncMode false: sync
+    assert counts(settings, tenant[0], "u1", "c1")[:2] == (1, len(WORK))
 
 
 def test_the_seed_snippet_add_then_search(api: Api) -> None:
@@ -272,8 +358,9 @@ def test_the_seed_snippet_add_then_search(api: Api) -> None:
 
 
 @pytest.mark.parametrize("variant", ["no-ids", "client-ids", "idempotency-key"])
-def test_three_identical_adds_in_sequence_are_one_ingest(api: Api, settings: Settings,
-                                                         tenant: tuple[uuid.UUID, str], variant: str) -> None:  # fmt: skip
+def test_three_identical_adds_in_sequence_are_one_ingest(
+    api: Api, settings: Settings, tenant: tuple[uuid.UUID, str], variant: str
+) -> None:
     """The client's own retry pattern: the same body again at once, 3 attempts in all."""
     messages = [{**m, "id": f"m{i}"} for i, m in enumerate(TRIP)] if variant == "client-ids" else TRIP
     headers = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"} if variant == "idempotency-key" else None
@@ -287,8 +374,9 @@ def test_three_identical_adds_in_sequence_are_one_ingest(api: Api, settings: Set
     assert raw == len(TRIP) - 2  # the 3-turn windows of one copy of the conversation
 
 
-def test_three_identical_adds_at_once_are_one_ingest(api: Api, settings: Settings,
-                                                     tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+def test_three_identical_adds_at_once_are_one_ingest(
+    api: Api, settings: Settings, tenant: tuple[uuid.UUID, str]
+) -> None:
     """Three threads release the same add together: one is accepted, the others answer with its task_id."""
     body = add_body(PETS, "u1", "c1")
     barrier = threading.Barrier(3)
@@ -304,8 +392,9 @@ def test_three_identical_adds_at_once_are_one_ingest(api: Api, settings: Setting
     assert counts(settings, tenant[0], "u1", "c1")[:2] == (1, len(PETS))
 
 
-def test_a_retry_is_recognised_only_for_the_same_add(api: Api, settings: Settings,
-                                                     tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+def test_a_retry_is_recognised_only_for_the_same_add(
+    api: Api, settings: Settings, tenant: tuple[uuid.UUID, str]
+) -> None:
     """Another user, another conversation or other messages are another add, and so is the same add once the
     window (MEMOS_ADD_DEDUP_WINDOW_S) has passed since the first: a user may say the same thing twice."""
     first = api.add(add_body(WORK, "u1", "c1"))
@@ -313,8 +402,11 @@ def test_a_retry_is_recognised_only_for_the_same_add(api: Api, settings: Setting
     assert api.add(add_body(WORK, "u1", "c2"))["task_id"] != first["task_id"]
     assert api.add(add_body(WORK[:1], "u1", "c1"))["task_id"] != first["task_id"]
     with session_scope(settings) as s:  # the first add, as if accepted 11 minutes ago
-        s.execute(update(Ingest).where(Ingest.task_id == first["task_id"])
-                  .values(created_at=func.now() - func.make_interval(0, 0, 0, 0, 0, 11)))  # fmt: skip
+        s.execute(
+            update(Ingest)
+            .where(Ingest.task_id == first["task_id"])
+            .values(created_at=func.now() - func.make_interval(0, 0, 0, 0, 0, 11))
+        )
     later = api.add(add_body(WORK, "u1", "c1"))
     assert later["task_id"] != first["task_id"] and later["duplicate"] is False
     assert counts(settings, tenant[0], "u1", "c1")[0] == 3
@@ -337,11 +429,17 @@ def test_search_memory_exactly_as_the_client_sends_it(api: Api, seeded: dict[str
 
 
 def test_search_reports_what_it_ignored(api: Api, seeded: dict[str, str]) -> None:
-    body = search_body("Lisbon", "u1", None, include_tool_memory=True, include_skill=True,
-                       knowledgebase_ids=["kb1"], include_memory_view=True)  # fmt: skip
+    body = search_body(
+        "Lisbon",
+        "u1",
+        None,
+        include_tool_memory=True,
+        include_skill=True,
+        knowledgebase_ids=["kb1"],
+        include_memory_view=True,
+    )
     data = api.ok("/search/memory", body, SearchResponse).model_dump()["data"]
-    assert set(data["ignored"]) == {"include_tool_memory", "include_skill", "knowledgebase_ids",
-                                    "include_memory_view"}  # fmt: skip
+    assert set(data["ignored"]) == {"include_tool_memory", "include_skill", "knowledgebase_ids", "include_memory_view"}
     assert data["tool_memory_detail_list"] == [] and data["skill_detail_list"] == []
 
 
@@ -418,8 +516,11 @@ def test_get_message_without_a_conversation(api: Api, seeded: dict[str, str]) ->
     got = [m.model_dump() for m in out.data.message_detail_list]
     assert {m["conversation_id"] for m in got} == {"trip", "pets"}
     assert len(got) == len(TRIP) + len(PETS)
-    one = api.ok("/get/message", get_message_body("u1", None, conversation_limit_number=1, message_limit_number=1),
-                 GetMessagesResponse)  # fmt: skip
+    one = api.ok(
+        "/get/message",
+        get_message_body("u1", None, conversation_limit_number=1, message_limit_number=1),
+        GetMessagesResponse,
+    )
     assert [m.model_dump()["content"] for m in one.data.message_detail_list] == [PETS[-1]["content"]]
 
 
@@ -435,8 +536,9 @@ def test_get_task_status_exactly_as_the_client_sends_it(api: Api) -> None:
 def test_update_memory_exactly_as_the_client_sends_it(api: Api, seeded: dict[str, str]) -> None:
     """No user_id: the key's tenant is the scope. content is the new value; the old version is archived."""
     old = api.memories("u1", filter={"conversation_id": "trip"})[0]
-    out = api.ok("/update/memory", update_body(old["id"], content="I will stay in Belém, not Alfama."),
-                 UpdateResponse).model_dump()["data"]  # fmt: skip
+    out = api.ok(
+        "/update/memory", update_body(old["id"], content="I will stay in Belém, not Alfama."), UpdateResponse
+    ).model_dump()["data"]
     assert out["success"] is True and out["memory_value"] == "I will stay in Belém, not Alfama."
     assert out["id"] != old["id"] and out["ignored"] == []
     live = {m["id"]: m for m in api.memories("u1")}
@@ -450,20 +552,42 @@ def test_update_memory_title_is_the_key(api: Api, seeded: dict[str, str]) -> Non
     assert out["memory_key"] == "lodging" and out["memory_value"] == old["memory_value"]
 
 
+def test_update_memory_status_retires_it(api: Api, seeded: dict[str, str]) -> None:
+    first, second = api.memories("u1")[:2]
+    out = api.ok("/update/memory", update_body(first["id"], status="archived"), UpdateResponse).model_dump()["data"]
+    assert out["success"] is True and out["id"] == first["id"] and out["status"] == "archived"
+    api.ok("/update/memory", update_body(second["id"], status="deleted"), UpdateResponse)
+    assert {first["id"], second["id"]}.isdisjoint(m["id"] for m in api.memories("u1"))
+    assert first["id"] in {m["id"] for m in api.memories("u1", status="archived")}
+    assert second["id"] in {m["id"] for m in api.memories("u1", status="deleted")}
+    resp = api.post("/update/memory", update_body(second["id"], content="back from the dead"))
+    assert resp.status_code == 404 and resp.json()["message"].startswith("memory_id")
+
+
 # ---------------------------------------------------------------- delete_memory, every form
 
 
-def test_delete_by_memory_ids_alone(api: Api, seeded: dict[str, str], settings: Settings,
-                                    tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+def test_delete_by_memory_ids_alone(
+    api: Api, seeded: dict[str, str], settings: Settings, tenant: tuple[uuid.UUID, str]
+) -> None:
     gone = api.memories("u1", filter={"conversation_id": "trip"})[0]["id"]
     out = api.ok("/delete/memory", {"memory_ids": [gone]}, DeleteResponse).model_dump()["data"]
     assert out["success"] is True and out["deleted"] == [gone]
     assert gone not in {m["id"] for m in api.memories("u1")}
     assert gone not in api.search_ids("u1", "Lisbon Alfama tram castle")  # at once: no wait for the index
     with session_scope(settings) as s:
-        assert s.execute(select(func.count()).select_from(AuditLog).where(
-            AuditLog.tenant_id == tenant[0], AuditLog.action == "delete_memory", AuditLog.target_id == gone,
-        )).scalar_one() == 1  # fmt: skip
+        assert (
+            s.execute(
+                select(func.count())
+                .select_from(AuditLog)
+                .where(
+                    AuditLog.tenant_id == tenant[0],
+                    AuditLog.action == "delete_memory",
+                    AuditLog.target_id == gone,
+                )
+            ).scalar_one()
+            == 1
+        )
 
 
 @pytest.mark.parametrize(
@@ -492,11 +616,23 @@ def test_delete_by_scope(api: Api, seeded: dict[str, str], body: dict[str, Any],
         assert not api.search_ids(user, "Lisbon tram Pixel cat Rust robotics") & expect_gone
 
 
+def test_delete_by_agent_reaches_updated_versions(api: Api, seeded: dict[str, str]) -> None:
+    """A version written by /update/memory still belongs to its first version's add (and so to its agent)."""
+    old = api.memories("u1", agent_id="a1")[0]
+    new = api.ok("/update/memory", update_body(old["id"], content="Belém, not Alfama."), UpdateResponse)
+    new_id = new.model_dump()["data"]["id"]
+    assert new_id in {m["id"] for m in api.memories("u1", agent_id="a1")}
+    out = api.ok("/delete/memory", {"agent_id": "a1"}, DeleteResponse).model_dump()["data"]
+    assert {new_id, old["id"]} <= set(out["deleted"])  # the archived version goes too: no readable history
+    assert api.memories("u1", agent_id="a1") == [] and api.memories("u1", status="archived") == []
+
+
 # ---------------------------------------------------------------- the key's tenant is the scope
 
 
-def test_id_only_update_and_delete_stay_in_the_keys_tenant(api: Api, base_url: str, settings: Settings,
-                                                           seeded: dict[str, str]) -> None:  # fmt: skip
+def test_id_only_update_and_delete_stay_in_the_keys_tenant(
+    api: Api, base_url: str, settings: Settings, seeded: dict[str, str]
+) -> None:
     mine = api.memories("u1")[0]
     thief = Api(base_url, new_tenant(settings)[1])
     resp = thief.post("/update/memory", update_body(mine["id"], content="overwritten"))
@@ -519,11 +655,14 @@ def test_id_only_update_and_delete_stay_in_the_keys_tenant(api: Api, base_url: s
         ("/add/message", add_body([{"role": "user", "content": ""}], "u1", "c1"), "messages[0].content"),
         ("/add/message", {**add_body(TRIP, "u1", "c1"), "tags": "travel"}, "tags"),
         ("/add/message", {**add_body(TRIP, "u1", "c1"), "allow_public": [1]}, "allow_public"),
-        ("/add/message", {**add_body(TRIP, "u1", "c1"), "bogus": 1}, "bogus"),
+        ("/get/memory", {**get_memory_body("u1"), "bogus": 1}, "bogus"),
         ("/search/memory", search_body("q", "u1", None, relativity="high"), "relativity"),
         ("/search/memory", search_body("q", "u1", None, filter="trip"), "filter"),
-        ("/search/memory", search_body("q", "u1", None, filter={"create_time": {"gte": "someday"}}),
-         "filter.create_time.gte"),
+        (
+            "/search/memory",
+            search_body("q", "u1", None, filter={"create_time": {"gte": "someday"}}),
+            "filter.create_time.gte",
+        ),
         ("/search/memory", search_body("q", "u1", None, filter={"and": {"conversation_id": "x"}}), "filter.and"),
         ("/get/memory", get_memory_body("u1", size=0), "size"),
         ("/get/message", get_message_body("u1", "c1", message_limit_number=-1), "message_limit_number"),
@@ -532,10 +671,23 @@ def test_id_only_update_and_delete_stay_in_the_keys_tenant(api: Api, base_url: s
         ("/delete/memory", {"memory_ids": None}, "body"),
         ("/delete/memory", {"filter": {}}, "filter"),
     ],
-    ids=["empty-content", "tags-not-list", "bool-not-bool", "unknown-key", "relativity-type", "filter-type",
-         "filter-date", "filter-and-not-list", "size-0", "limit-negative", "bad-id", "update-nothing",
-         "delete-nothing", "delete-empty-filter"],
-)  # fmt: skip
+    ids=[
+        "empty-content",
+        "tags-not-list",
+        "bool-not-bool",
+        "unknown-key",
+        "relativity-type",
+        "filter-type",
+        "filter-date",
+        "filter-and-not-list",
+        "size-0",
+        "limit-negative",
+        "bad-id",
+        "update-nothing",
+        "delete-nothing",
+        "delete-empty-filter",
+    ],
+)
 def test_real_errors_are_422_naming_the_field(api: Api, path: str, body: dict[str, Any], field: str) -> None:
     resp = api.post(path, body)
     assert resp.status_code == 422, resp.text
@@ -557,17 +709,25 @@ def test_scheduler_wait_blocks_until_the_users_ingests_are_done(api: Api) -> Non
     assert status.status_code == 200 and status.json()["data"]["running_tasks"] == 0
 
 
-def test_scheduler_wait_times_out_while_work_is_pending(api: Api, settings: Settings,
-                                                        tenant: tuple[uuid.UUID, str]) -> None:  # fmt: skip
+def test_scheduler_wait_times_out_while_work_is_pending(
+    api: Api, settings: Settings, tenant: tuple[uuid.UUID, str]
+) -> None:
     """An ingest that cannot finish (we hold its row as if a stage were still running) keeps the user busy."""
     task_id = api.add(add_body(WORK, "u1", "c1"))["task_id"]
     api.wait_done([task_id])
+    held = update(Ingest).where(Ingest.task_id == task_id)
     with session_scope(settings) as s:
-        s.execute(update(Ingest).where(Ingest.task_id == task_id).values(status="processing"))
-    resp = api.post("/product/scheduler/wait", {"user_id": "u1", "timeout_seconds": 0.2})
-    assert resp.status_code == 200, resp.text
-    data = resp.json()["data"]
-    assert data["timed_out"] is True and data["running_tasks"] == 1
-    assert api.get("/product/scheduler/status?user_name=u1").json()["data"]["running_tasks"] == 1
-    other_user = api.post("/product/scheduler/wait", {"user_id": "u2", "timeout_seconds": 0.2}).json()["data"]
-    assert other_user["timed_out"] is False
+        s.execute(held.values(status="processing"))
+    try:
+        resp = api.post("/product/scheduler/wait", {"user_id": "u1", "timeout_seconds": 0.2})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["message"] == "timeout"
+        data = resp.json()["data"]
+        assert data["timed_out"] is True and data["running_tasks"] == 1
+        status = api.get("/product/scheduler/status?user_name=u1").json()["data"]
+        assert status["running_tasks"] == 1 and [t["task_id"] for t in status["tasks"]] == [task_id]
+        other_user = api.post("/product/scheduler/wait", {"user_id": "u2", "timeout_seconds": 0.2}).json()
+        assert other_user["message"] == "idle" and other_user["data"]["timed_out"] is False
+    finally:  # the sweeper must not find an ingest stuck in "processing" and re-run its stages
+        with session_scope(settings) as s:
+            s.execute(held.values(status="done"))

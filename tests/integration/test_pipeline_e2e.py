@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from helpers import wait_for
 from sqlalchemy import func, select
 
 from cli.demo import CONVERSATION_ID, MESSAGES, QUERY, USER_ID
@@ -36,18 +35,6 @@ MEMORY_FIELDS = {
     "relativity",
     "sources",
 }
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.05) -> T:
-    """Poll ``fn`` until it returns something truthy, or fail after ``timeout`` seconds naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def add(client: FlaskClient, auth: dict[str, str], expect: int = 202, **body: Any) -> dict[str, Any]:

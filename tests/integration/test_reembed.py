@@ -1,7 +1,7 @@
 """Re-embedding on real services: ``memos-pipeline reembed`` to another model, killed half-way and resumed, searches
 throughout, then back to the local model through the ``memos.chunker.reembed_all`` task.
 
-The "other model" is an OpenAI-compatible endpoint (tests/fake_embedder.py, a separate process): 256 dimensions
+The "other model" is an OpenAI-compatible endpoint (fakes/embedder.py, a separate process): 256 dimensions
 where MiniLM has 384, so a vector of the wrong model cannot go unnoticed. The session's database is shared by all
 tests: the module leaves the local model active (the last test restores it; a finalizer makes sure).
 """
@@ -15,18 +15,19 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 from celery import Celery
 from flask.testing import FlaskClient
+from helpers import wait_for
 from sqlalchemy import select, text
 
 from cli.stack import settings_env
-from evaluation.reindex_bench import insert_memories
+from evaluation.job_bench import insert_memories
+from fakes.embedder import FakeEmbedder
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import ACTIVE_MODEL_TTL_S, FollowingEmbedder, OpenAIEmbedder, read_active
@@ -41,7 +42,6 @@ from memos_pipeline.storage.models import Memory, Preference
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
 DIMS = 256
 LOCAL = "local:all-MiniLM-L6-v2"
 N = 1200
@@ -51,45 +51,15 @@ MARKER_QUERY = "zanzibar lighthouse keeper paints the lamp room"
 EARLY_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 
 
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 120.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.reembed", "--json", *args]
+    return [sys.executable, "-m", "cli", "reembed", "--json", *args]
 
 
 @pytest.fixture(scope="module")
 def fake_model() -> Iterator[str]:
     """The fake endpoint's model spec (5 ms per request: an endpoint's latency, so the job takes a while)."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "fake_embedder.py"),
-            "--port",
-            "0",
-            "--dims",
-            str(DIMS),
-            "--delay-ms",
-            "5",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().split()[-1])
-        yield f"openai:fake-bow@http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+    with FakeEmbedder(dims=DIMS, delay_ms=5) as fake:
+        yield fake.spec
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +242,7 @@ def test_reembed_killed_half_way_resumes_switches_every_process_and_rolls_back(
         stderr=subprocess.PIPE,
     )
     try:
-        job = wait_for(lambda: reembed_job(settings, batches_done=8), "8 checkpointed batches")
+        job = wait_for(lambda: reembed_job(settings, batches_done=8), "8 checkpointed batches", timeout=120)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.communicate(timeout=30)
@@ -380,7 +350,7 @@ def test_stop_status_and_abort(workers: Settings, celery_app: Celery, fake_model
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     assert json.loads(stopped.stdout)["status"] == "stopped"
     status = subprocess.run(
-        [sys.executable, "-m", "cli.reembed", "--status"],
+        [sys.executable, "-m", "cli", "reembed", "--status"],
         env=env,
         capture_output=True,
         text=True,
@@ -397,7 +367,7 @@ def test_stop_status_and_abort(workers: Settings, celery_app: Celery, fake_model
     )
     assert other.returncode == 1 and "unfinished reembed" in other.stderr  # one job at a time
     aborted = subprocess.run(
-        [sys.executable, "-m", "cli.reembed", "--abort"],
+        [sys.executable, "-m", "cli", "reembed", "--abort"],
         env=env,
         capture_output=True,
         text=True,

@@ -13,21 +13,21 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pytest
 from celery import Celery
+from helpers import insert_fact, wait_for
 from sqlalchemy import func, select, update
 
 from cli.stack import settings_env
-from evaluation.reindex_bench import insert_memories
+from evaluation.job_bench import insert_memories
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
 from memos_pipeline.jobs import reindex
-from memos_pipeline.storage import db, tenants
+from memos_pipeline.storage import tenants
 from memos_pipeline.storage.bm25 import Bm25Query, Generations
 from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex, gen_path, read_pointer
 from memos_pipeline.storage.db import session_scope
@@ -38,17 +38,6 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 N = 3000
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +55,7 @@ def _forget_checkpoints(settings: Settings) -> None:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.reindex", "--json", *args]
+    return [sys.executable, "-m", "cli", "reindex", "--json", *args]
 
 
 def rows_in_postgres(settings: Settings, tenant_id: uuid.UUID | None = None) -> int:
@@ -75,31 +64,6 @@ def rows_in_postgres(settings: Settings, tenant_id: uuid.UUID | None = None) -> 
         conds.append(Memory.tenant_id == tenant_id)
     with session_scope(settings) as s:
         return int(s.execute(select(func.count()).select_from(Memory).where(*conds)).scalar_one())
-
-
-def add_memory(settings: Settings, tenant_id: uuid.UUID, user_id: str, text: str) -> uuid.UUID:
-    vec = np.zeros(384, dtype=np.float32)
-    vec[7] = 1.0
-    memory_id = uuid.uuid4()
-    with session_scope(settings) as s:
-        s.add(
-            Memory(
-                id=memory_id,
-                tenant_id=tenant_id,
-                user_id=user_id,
-                conversation_id="rx",
-                kind="fact",
-                memory_key="fact",
-                memory_value=text,
-                memory_type="UserMemory",
-                status="activated",
-                sources=[],
-                info={},
-                embedding=vec.tolist(),
-                content_hash=db.content_hash(text),
-            )
-        )
-    return memory_id
 
 
 def index_live(app: Celery, *memory_ids: uuid.UUID) -> None:
@@ -181,7 +145,7 @@ def test_reindex_killed_half_way_resumes_from_its_checkpoint(
 ) -> None:
     settings, (tenant_id, _) = workers, tenant
     cp = reindex.Checkpoint(settings)
-    marker = add_memory(settings, tenant_id, "marker", "the zanzibar lighthouse keeper")
+    marker = insert_fact(settings, tenant_id, "marker", "the zanzibar lighthouse keeper", axis=7)
     index_live(celery_app, marker)
     corpus = insert_memories(settings, tenant_id, N, status_every=25)  # 1 in 25 archived: not to be indexed
     reader = TantivyIndex(settings.bm25_dir, writer=False)
@@ -206,13 +170,13 @@ def test_reindex_killed_half_way_resumes_from_its_checkpoint(
 
     # While nobody drives the job: a live add (dual-written), a live delete, and a row committed whose live
     # index task has not run (the catch-up must bring it in).
-    added = add_memory(settings, tenant_id, "user0", "the orchid greenhouse in seville")
+    added = insert_fact(settings, tenant_id, "user0", "the orchid greenhouse in seville", axis=7)
     index_live(celery_app, added)
     deleted = corpus[0]
     with session_scope(settings) as s:
         s.execute(update(Memory).where(Memory.id == deleted).values(status="deleted", updated_at=func.now()))
     index_live(celery_app, deleted)
-    unindexed = add_memory(settings, tenant_id, "user0", "a quokka selfie on rottnest island")
+    unindexed = insert_fact(settings, tenant_id, "user0", "a quokka selfie on rottnest island", axis=7)
     assert not ids(reader, tenant_id, "user0", "quokka")
 
     done = subprocess.run(
@@ -255,7 +219,7 @@ def test_tenant_reindex_stops_after_n_batches_and_keeps_other_tenants(workers: S
     with session_scope(settings) as s:
         tenant_id, _ = tenants.create_api_key(s, name)
         other, _ = tenants.create_api_key(s, f"rx-other-{uuid.uuid4().hex[:8]}")
-    neighbour = add_memory(settings, other, "marker", "the neighbour keeps bees")
+    neighbour = insert_fact(settings, other, "marker", "the neighbour keeps bees", axis=7)
     index_live(celery_app, neighbour)
     insert_memories(settings, tenant_id, 500)
     env = settings_env(settings)
@@ -313,7 +277,7 @@ def test_status_and_abort(workers: Settings, celery_app: Celery) -> None:
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     gen = json.loads(stopped.stdout)["generation"]
     status = subprocess.run(
-        [sys.executable, "-m", "cli.reindex", "--status"],
+        [sys.executable, "-m", "cli", "reindex", "--status"],
         env=env,
         capture_output=True,
         text=True,
@@ -324,7 +288,7 @@ def test_status_and_abort(workers: Settings, celery_app: Celery) -> None:
     assert (state["status"], state["batches_done"], state["generation"]) == ("building", 1, gen)
     assert read_pointer(settings.bm25_dir) == Generations(current, gen)
     aborted = subprocess.run(
-        [sys.executable, "-m", "cli.reindex", "--abort"],
+        [sys.executable, "-m", "cli", "reindex", "--abort"],
         env=env,
         capture_output=True,
         text=True,
@@ -377,7 +341,7 @@ def test_indexer_restart_mid_build_then_finalize(local: Settings) -> None:
     gens: Any = TantivyIndex(local.bm25_dir, writer=True)
     job = reindex.plan(local, reindex.begin(local, gens, job.job_id))  # type: ignore[arg-type]
     assert job.batches == 5
-    for b in reindex.pending(local, job)[:2]:
+    for b in reindex.KIND.pending(local, job)[:2]:
         assert reindex.run_batch(local, gens, job.job_id, b) == 50
     del gens  # the worker dies: its writers go with it; the pointer says what was being built
     gens = TantivyIndex(local.bm25_dir, writer=True)
@@ -385,7 +349,7 @@ def test_indexer_restart_mid_build_then_finalize(local: Settings) -> None:
     assert reindex.begin(local, gens, job.job_id) is not None  # redelivered: idempotent
     with pytest.raises(reindex.NotReady):
         reindex.finalize(local, gens, job.job_id)
-    for b in reindex.pending(local, job):
+    for b in reindex.KIND.pending(local, job):
         reindex.run_batch(local, gens, job.job_id, b)
     result = reindex.finalize(local, gens, job.job_id)
     assert (result["docs"], result["pg_rows"], result["generation"], result["previous"]) == (250, 250, 1, 0)
@@ -398,7 +362,7 @@ def test_count_mismatch_refuses_the_swap(local: Settings) -> None:
     gens = TantivyIndex(local.bm25_dir, writer=True)
     gens.upsert([])  # generation 0 exists and serves
     job = reindex.plan(local, reindex.begin(local, gens, job.job_id))  # type: ignore[arg-type]
-    for b in reindex.pending(local, job):
+    for b in reindex.KIND.pending(local, job):
         reindex.run_batch(local, gens, job.job_id, b)
     assert job.generation is not None
     with session_scope(local) as s:

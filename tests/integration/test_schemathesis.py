@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -57,8 +58,9 @@ def live_api(workers: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         _, key = tenants.create_api_key(s, f"schemathesis-{uuid.uuid4().hex[:8]}", "schemathesis")
     # No per-key rate limit: a 429 is correct behaviour but would hide what the examples after it would find.
     # A short sync wait: generated adds queue up behind each other in the one chunker, and a sync add that waits
-    # the full default would outlast the client's timeout (it answers 200 "timeout" when the wait runs out).
-    cfg = workers.with_overrides(rate_limit_per_min=0, sync_timeout_s=5.0)
+    # the full default would outlast the client's timeout (it answers 200 "timeout" when the wait runs out). The
+    # same for /scheduler/wait: a generated wait on the tenant's backlog would block for its timeout_seconds.
+    cfg = workers.with_overrides(rate_limit_per_min=0, sync_timeout_s=5.0, scheduler_wait_max_s=2.0)
     with run_api(cfg, log=tmp_path_factory.mktemp("schemathesis") / "api.log") as base:
         yield base, {"Authorization": f"Token {key}"}
 
@@ -86,7 +88,7 @@ def test_no_server_errors(case: schemathesis.Case, live_api: tuple[str, dict[str
 def test_the_document_covers_every_route(app: Flask) -> None:
     """Every route of the app (bar the /product aliases of the same views) is in the document schemathesis tests."""
     routes = {
-        (method, rule.rule)
+        (method, re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule))  # Flask's <uuid:x> is OpenAPI's {x}
         for rule in app.url_map.iter_rules()
         if rule.endpoint != "static" and not rule.rule.startswith("/product/")
         for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}

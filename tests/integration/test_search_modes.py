@@ -2,7 +2,7 @@
 
 The module runs its own stack (workers for chunker, indexer, search and reranker, and the relay) on its own queue
 prefix and BM25 directory, with ``MOS_RERANKER_BACKEND=http_bge_strategy``, ``MOS_RERANKER_STRATEGY=single_turn``
-against ``tests/fake_reranker.py`` (TEI ``/rerank``), and ``MIXTURE_DEADLINE_MS=500``.
+against ``fakes/reranker.py`` (TEI ``/rerank``), and ``MIXTURE_DEADLINE_MS=500``.
 
 The corpus is built so that the fast order and the reranker's order disagree: window A repeats the query's words
 across its three turns (BM25 and the dense embedding rank it first) but none of its turns answers; window B has
@@ -11,9 +11,7 @@ one short turn that answers, between two long unrelated ones (the single_turn re
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,11 +20,13 @@ from typing import Any
 
 import pytest
 import redis
-from fake_reranker import FakeReranker, relevance
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cli.harness import running
+from fakes.reranker import FakeReranker, relevance
 from memos_pipeline.config import Settings
+from memos_pipeline.queues import CORE_QUEUES
 from memos_pipeline.search.rerank import mixture_cache_key
 from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
@@ -67,7 +67,7 @@ DISTRACTORS = [
 
 @pytest.fixture(scope="module")
 def reranker() -> Iterator[FakeReranker]:
-    with FakeReranker.running() as fr:
+    with FakeReranker() as fr:
         yield fr
 
 
@@ -84,36 +84,11 @@ def cfg(settings: Settings, reranker: FakeReranker, tmp_path_factory: pytest.Tem
     )
 
 
-def _delete_topology(cfg: Settings) -> None:
-    from memos_pipeline.celery_app import dead_letter_exchange, declared_queues, exchange, make_celery
-
-    app = make_celery(cfg)
-    try:
-        with app.connection_for_write() as conn:
-            channel = conn.default_channel
-            for q in declared_queues(cfg):
-                with contextlib.suppress(Exception):
-                    channel.queue_delete(q.name)
-            for ex in (exchange(cfg), dead_letter_exchange(cfg)):
-                with contextlib.suppress(Exception):
-                    channel.exchange_delete(ex.name)
-    finally:
-        app.close()
-
-
 @pytest.fixture(scope="module")
 def stack(cfg: Settings) -> Iterator[Settings]:
-    from cli.stack import CORE_QUEUES, Stack
-
     assert "reranker" in CORE_QUEUES
-    st = Stack(cfg, api=False, quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1")
-    st.start()
-    try:
-        st.wait_ready(timeout=180)
+    with running(cfg, CORE_QUEUES, relay=True):
         yield cfg
-    finally:
-        st.stop(stop_db=False)
-        _delete_topology(cfg)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,11 +22,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from live_api import run_api
-from llm_fixtures import FakeLLM, start_fake_llm
 
-from cli.stack import settings_env, worker_command
-from memos_pipeline.celery_app import declared_queues, make_celery
+from cli.harness import free_port, running
+from fakes.llm import FakeLLM
 from memos_pipeline.config import Settings
 from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
@@ -91,57 +88,15 @@ def deployment(settings: Settings, sec: Secrets, llm: FakeLLM, tmp: Path) -> Ite
         task_max_retries=0,
         queue_prefix=f"secrets{uuid.uuid4().hex[:8]}.",
         bm25_path=tmp / "bm25",
+        api_port=free_port(),
         log_level="DEBUG",
         flower_password=sec.flower_password,
     )
     # As `memos-pipeline flower` passes it on: MEMOS_FLOWER_PASSWORD (settings) and FLOWER_BASIC_AUTH (Flower's own).
     flower = {"FLOWER_BASIC_AUTH": f"admin:{sec.flower_password}"}
-    env = {**settings_env(cfg), **flower}
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
-        for q in WORKER_QUEUES:
-            with (tmp / f"worker-{q}.log").open("wb") as out:
-                workers.append(subprocess.Popen(worker_command(q, cfg), env=env, stdout=out, stderr=subprocess.STDOUT))
-        _wait_consumers(cfg, WORKER_QUEUES, workers)
-        with run_api(cfg, log=tmp / "api.log", extra_env=flower) as base:
-            yield base
-    finally:
-        for p in workers:
-            p.terminate()
-        for p in workers:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
-        _delete_queues(cfg)
-
-
-def _wait_consumers(cfg: Settings, queues: tuple[str, ...], procs: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 180
-    with make_celery(cfg).connection_for_write() as conn:
-        pending = set(queues)
-        while pending:
-            assert all(p.poll() is None for p in procs), "a worker exited during startup"
-            assert time.monotonic() < deadline, f"no consumer on {sorted(pending)}"
-            for q in list(pending):
-                try:
-                    if conn.default_channel.queue_declare(cfg.queue(q), passive=True).consumer_count:
-                        pending.discard(q)
-                except Exception:  # not declared yet: the worker declares the topology as it starts
-                    conn.close()
-                    conn.connect()
-            time.sleep(0.2)
-
-
-def _delete_queues(cfg: Settings) -> None:
-    with make_celery(cfg).connection_for_write() as conn:
-        for q in declared_queues(cfg):
-            try:
-                q(conn.default_channel).delete()
-            except Exception:  # already gone
-                conn.close()
-                conn.connect()
+    # Stopped on exit with a warm shutdown: their last log lines are checked too.
+    with running(cfg, WORKER_QUEUES, api=True, log_dir=tmp, env=flower) as stack:
+        yield stack.base_url
 
 
 def _post(base: str, path: str, auth: str | None, body: dict[str, object]) -> requests.Response:
@@ -151,7 +106,7 @@ def _post(base: str, path: str, auth: str | None, body: dict[str, object]) -> re
 
 def test_no_secret_in_any_log(settings: Settings, tmp_path: Path) -> None:
     sec = make_secrets(settings)
-    with start_fake_llm() as llm, deployment(settings, sec, llm, tmp_path) as base:
+    with FakeLLM() as llm, deployment(settings, sec, llm, tmp_path) as base:
         # The LLM refuses the key (401: not transient, the stage fails at once) on every call.
         llm.script(defaults={"facts": {"status": 401}, "preferences": {"status": 401}})
         good = f"Token {sec.api_key}"

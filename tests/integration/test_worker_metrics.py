@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import socket
 import time
 import uuid
@@ -22,20 +21,15 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 from kombu import Connection
-from llm_fixtures import FakeLLM, start_fake_llm
 from prometheus_client.parser import text_string_to_metric_families
 
 from cli import demo
-from cli.stack import Stack
-from memos_pipeline.celery_app import (
-    QUEUES,
-    STAGE_TASKS,
-    dead_letter_exchange,
-    declared_queues,
-    exchange,
-    make_celery,
-)
+from cli.harness import running
+from fakes.llm import FakeLLM
+from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
+from memos_pipeline.ingest.lifecycle import STAGE_TASKS
+from memos_pipeline.queues import QUEUES
 from memos_pipeline.storage import ingests, tenants
 from memos_pipeline.storage.db import session_scope
 from workers.metrics import metrics_port
@@ -68,7 +62,7 @@ def _free_base(host: str = "127.0.0.1") -> int:
 
 @pytest.fixture(scope="module")
 def fake_llm() -> Iterator[FakeLLM]:
-    with start_fake_llm() as llm:
+    with FakeLLM() as llm:
         yield llm
 
 
@@ -87,22 +81,8 @@ def metered(settings: Settings, fake_llm: FakeLLM, tmp_path_factory: pytest.Temp
         enable_preference_memory=False,
         memory_adder_mode="fast",
     )
-    stack = Stack(
-        cfg, queues=WORKER_QUEUES, api=False, relay=False, quiet=os.environ.get("MEMOS_TEST_WORKER_LOGS") != "1"
-    )
-    stack.start()
-    try:
-        stack.wait_ready(timeout=180)
+    with running(cfg, WORKER_QUEUES):
         yield cfg
-    finally:
-        stack.stop(stop_db=False)
-        with Connection(cfg.broker_url) as conn:  # leave nothing of this module on the shared broker
-            for q in declared_queues(cfg):
-                with contextlib.suppress(Exception):
-                    q(conn.default_channel).delete()
-            for ex in (exchange(cfg), dead_letter_exchange(cfg)):
-                with contextlib.suppress(Exception):
-                    conn.default_channel.exchange_delete(ex.name)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
-import numpy as np
 import pytest
 from celery import Celery
+from helpers import insert_fact, wait_for
 from kombu import Connection
 from sqlalchemy import update
 
@@ -19,7 +19,7 @@ from memos_pipeline.config import Settings
 from memos_pipeline.ingest import deadletter
 from memos_pipeline.storage.bm25 import Bm25Query
 from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex
-from memos_pipeline.storage.db import content_hash, session_scope
+from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Memory
 from memos_pipeline.text.tokenizer import analyzed, tokenize
 
@@ -27,17 +27,6 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 CHUNK = "memos.chunker.chunk"
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 30.0, interval: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -50,32 +39,6 @@ def celery_app(workers: Settings) -> Iterator[Celery]:
 @pytest.fixture(scope="module")
 def bm25(workers: Settings) -> TantivyIndex:
     return TantivyIndex(workers.bm25_dir, writer=False)
-
-
-def insert_memory(settings: Settings, tenant_id: uuid.UUID, user_id: str, text: str) -> uuid.UUID:
-    """A fact memory written straight to Postgres (as the memreader would), not yet in BM25."""
-    vec = np.zeros(384, dtype=np.float32)
-    vec[0] = 1.0
-    memory_id = uuid.uuid4()
-    with session_scope(settings) as s:
-        s.add(
-            Memory(
-                id=memory_id,
-                tenant_id=tenant_id,
-                user_id=user_id,
-                conversation_id="w",
-                kind="fact",
-                memory_key="fact",
-                memory_value=text,
-                memory_type="UserMemory",
-                status="activated",
-                sources=[],
-                info={},
-                embedding=vec.tolist(),
-                content_hash=content_hash(text),
-            )
-        )
-    return memory_id
 
 
 def upsert(app: Celery, memory_id: uuid.UUID) -> int:
@@ -118,7 +81,7 @@ def test_indexer_upsert_by_memory_ids(
 ) -> None:
     tenant_id = tenant[0]
     word = f"zyglor{uuid.uuid4().hex[:6]}"
-    memory_id = insert_memory(workers, tenant_id, "idx_user", f"The user keeps a {word} in the attic")
+    memory_id = insert_fact(workers, tenant_id, "idx_user", f"The user keeps a {word} in the attic")
     query = Bm25Query(str(tenant_id), "idx_user", tuple(tokenize(word)))
     assert bm25.search(query) == []
 
@@ -147,7 +110,7 @@ def test_indexed_text_is_the_analyzed_text(
 ) -> None:
     """Chinese text is found by a jieba token of the query, as the analyzer segments both sides."""
     text = "我最喜欢的酒店品牌是七天"
-    memory_id = insert_memory(workers, tenant[0], "cjk_user", text)
+    memory_id = insert_fact(workers, tenant[0], "cjk_user", text)
     assert "七天" in analyzed(text).split()
     assert upsert(celery_app, memory_id) == 1
     query = Bm25Query(str(tenant[0]), "cjk_user", tuple(tokenize("没住过的酒店品牌")))

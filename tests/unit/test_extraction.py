@@ -1,5 +1,5 @@
 """What we ask the LLM and what we accept back (memos_pipeline/extraction.py), and ``LLMClient`` against the fake
-OpenAI-compatible server (tests/fake_llm.py, a real process spoken to by the real ``openai`` client)."""
+OpenAI-compatible server (fakes/llm.py, a real process spoken to by the real ``openai`` client)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import numpy as np
 import openai
 import pytest
-from llm_fixtures import FakeLLM, answer, start_fake_llm
 from pydantic import ValidationError
 
+from fakes.llm import FakeLLM, answer, route_of
 from memos_pipeline.config import Settings
 from memos_pipeline.llm import LLMClient, LLMOutputError, Usage
 from memos_pipeline.stages import prompts as ex
@@ -170,9 +170,7 @@ def test_check_merge_and_target_index() -> None:
 
 
 def test_prompts_are_told_apart_by_the_fake_server() -> None:
-    """tests/fake_llm.py routes by the system prompt; keep the markers it relies on in the prompts."""
-    from fake_llm import route_of
-
+    """fakes/llm.py routes by the system prompt; keep the markers it relies on in the prompts."""
     assert route_of(ex.FACTS_SYSTEM) == "facts"
     assert route_of(ex.PREFERENCES_SYSTEM) == "preferences"
     assert route_of(ex.MERGE_SYSTEM) == "merge"
@@ -183,7 +181,7 @@ def test_prompts_are_told_apart_by_the_fake_server() -> None:
 
 @pytest.fixture(scope="module")
 def fake_llm() -> Iterator[FakeLLM]:
-    with start_fake_llm() as llm:
+    with FakeLLM() as llm:
         yield llm
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from fake_reranker import FakeReranker, relevance
 
+from fakes.reranker import FakeReranker, relevance
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import get_embedder
 from memos_pipeline.search.rerank import (
@@ -39,7 +39,7 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[FakeReranker]:
-    with FakeReranker.running() as fr:
+    with FakeReranker() as fr:
         yield fr
 
 

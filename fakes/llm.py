@@ -1,11 +1,7 @@
-"""A scriptable OpenAI-compatible HTTP server: a real separate process speaking the real protocol.
+"""A scriptable OpenAI-compatible LLM server: a real separate process speaking the real protocol.
 
-The tests and the chaos suite (``evaluation/chaos.py``) use it where no real model can run: the LLM is the one
-external service we fake, and we fake it as a server, never as a mock. It lives here rather than under ``tests/``
-because ``evaluation/`` ships with the package and must not import the tests; ``tests/fake_llm.py`` re-exports it.
-
-Run: ``python -m evaluation.fake_llm --port N [--script script.json]`` (``--port 0`` picks a free port). The first
-line on stdout is ``listening on <port>``. Standard library only, so it starts in milliseconds.
+The tests and the chaos suite use it where no real model can run: the LLM is an external service, faked as a
+server, never as a mock. ``python -m fakes.llm --port N [--script JSON]``; from Python, ``FakeLLM`` below.
 
 OpenAI endpoints (what the ``openai`` client calls):
 
@@ -42,13 +38,13 @@ import json
 import re
 import socket
 import struct
-import sys
-import threading
 import time
 import uuid
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from fakes.server import CallLog, FakeProcess, JsonHandler, serve
 
 DIM = 384
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -64,13 +60,12 @@ ERRORS = {
 }
 
 
-class State:
+class State(CallLog):
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        super().__init__()
         self.routes: dict[str, deque[dict[str, Any]]] = {}
         self.defaults: dict[str, dict[str, Any]] = {}
         self.by_match: list[dict[str, Any]] = []
-        self.calls: list[dict[str, Any]] = []
 
     def load(self, script: dict[str, Any]) -> None:
         with self.lock:
@@ -84,9 +79,7 @@ class State:
             self.by_match = list(cbm)
 
     def reset(self) -> None:
-        with self.lock:
-            self.routes, self.defaults, self.by_match = {}, {}, []
-            self.calls.clear()
+        self.load({"reset": True})
 
     def next_step(self, route: str, conversation: str) -> dict[str, Any]:
         with self.lock:
@@ -98,23 +91,15 @@ class State:
                     return entry
             return self.defaults.get(route, {"auto": True})
 
-    def log(self, entry: dict[str, Any]) -> None:
-        with self.lock:
-            self.calls.append(entry)
-
     def snapshot(self) -> dict[str, Any]:
-        with self.lock:
-            calls = [dict(c) for c in self.calls]
+        out = super().snapshot()
         counts: dict[str, int] = {}
         ok: dict[str, int] = {}
-        for c in calls:
+        for c in out["calls"]:
             counts[c["route"]] = counts.get(c["route"], 0) + 1
             if c["status"] == 200 and c["outcome"] == "answered":
                 ok[c["route"]] = ok.get(c["route"], 0) + 1
-        return {"calls": calls, "counts": counts, "ok": ok, "total": len(calls)}
-
-
-STATE = State()
+        return {**out, "counts": counts, "ok": ok, "total": out["count"]}
 
 
 def route_of(system: str) -> str:
@@ -187,80 +172,74 @@ def auto_answer(route: str, conversation: str) -> dict[str, Any]:
     return {}
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+def embed(text: str) -> list[float]:
+    """A deterministic unit vector from a hash of the text (equal texts, equal vectors; nothing else meant)."""
+    raw = b"".join(hashlib.sha256(f"{i}:{text}".encode()).digest() for i in range(DIM * 4 // 32))
+    vals = [v / 2**31 - 1.0 for v in struct.unpack(f"<{DIM}I", raw)]
+    norm = sum(v * v for v in vals) ** 0.5 or 1.0
+    return [v / norm for v in vals]
+
+
+def embeddings_response(body: dict[str, Any], vector: Any, dims: int, model: str, count: Any = tokens) -> Any:
+    """``POST /v1/embeddings``'s answer (``float`` or ``base64``): ``vector(text)`` for every input."""
+    inputs = body.get("input")
+    texts = [
+        t if isinstance(t, str) else json.dumps(t) for t in ([inputs] if isinstance(inputs, str) else inputs or [])
+    ]
+    b64 = body.get("encoding_format") == "base64"
+    data = []
+    for i, text in enumerate(texts):
+        vec = vector(text)
+        emb: Any = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode() if b64 else vec
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    total = sum(count(t) for t in texts)
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.get("model") or model,
+        "usage": {"prompt_tokens": total, "total_tokens": total},
+    }
+
+
+class Handler(JsonHandler):
     server_version = "fake-llm/1.0"
+    state: ClassVar[State] = State()
+    GET: ClassVar[dict[str, str]] = {"/v1/models": "models"}
+    POST: ClassVar[dict[str, str]] = {
+        "/_script": "script",
+        "/v1/chat/completions": "chat",
+        "/v1/embeddings": "embeddings",
+    }
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: the call log is the record
-        pass
+    @classmethod
+    def configure_from(cls, args: argparse.Namespace) -> None:
+        if args.script:
+            cls.state.load(json.loads(args.script))
 
-    # ------------------------------------------------------------------ plumbing
-
-    def _body(self) -> Any:
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        return json.loads(raw or b"{}")
-
-    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
-
-    def _error(self, status: int, message: str | None = None) -> None:
+    def error(self, status: int, message: str | None = None) -> None:
         etype, default = ERRORS.get(status, ("server_error", "error"))
         body = {"error": {"message": message or default, "type": etype, "param": None, "code": etype}}
-        self._send(status, body, {"x-should-retry": "false"})
+        self.send(status, body, {"x-should-retry": "false"})
 
-    # ------------------------------------------------------------------ routes
+    def models(self) -> None:
+        model = {"id": "fake-model", "object": "model", "created": 0, "owned_by": "tests"}
+        self.send(200, {"object": "list", "data": [model]})
 
-    def do_GET(self) -> None:
-        if self.path == "/_calls":
-            self._send(200, STATE.snapshot())
-        elif self.path in ("/health", "/_health"):
-            self._send(200, {"ok": True})
-        elif self.path == "/v1/models":
-            self._send(
-                200,
-                {
-                    "object": "list",
-                    "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "tests"}],
-                },
-            )
-        else:
-            self._error(404, f"no route GET {self.path}")
+    def script(self, body: dict[str, Any]) -> None:
+        self.state.load(body)
+        self.send(200, {"ok": True})
 
-    def do_POST(self) -> None:
-        try:
-            body = self._body()
-        except json.JSONDecodeError as exc:
-            self._error(400, f"body is not JSON: {exc}")
-            return
-        if self.path == "/_script":
-            STATE.load(body)
-            self._send(200, {"ok": True})
-        elif self.path == "/_reset":
-            STATE.reset()
-            self._send(200, {"ok": True})
-        elif self.path == "/v1/chat/completions":
-            self._chat(body)
-        elif self.path == "/v1/embeddings":
-            self._embeddings(body)
-        else:
-            self._error(404, f"no route POST {self.path}")
+    def embeddings(self, body: dict[str, Any]) -> None:
+        self.send(200, embeddings_response(body, embed, DIM, "fake-embedding"))
 
-    def _chat(self, body: dict[str, Any]) -> None:
+    def chat(self, body: dict[str, Any]) -> None:
+        state = self.state
         messages = body.get("messages") or []
         system = next((m.get("content") or "" for m in messages if m.get("role") == "system"), "")
         users = [m.get("content") or "" for m in messages if m.get("role") == "user"]
         conversation = users[0] if users else ""
         route = route_of(system)
-        step = STATE.next_step(route, conversation)
+        step = state.next_step(route, conversation)
         entry: dict[str, Any] = {
             "route": route,
             "user": conversation[:200],
@@ -271,7 +250,7 @@ class Handler(BaseHTTPRequestHandler):
             "outcome": "answered",
             "t": time.time(),
         }
-        STATE.log(entry)
+        state.log(entry)
         try:
             if entry["delay"]:
                 time.sleep(entry["delay"])
@@ -281,7 +260,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if entry["status"] != 200:
-                self._error(entry["status"])
+                self.error(entry["status"])
                 return
             if "content" in step:
                 content = str(step["content"])
@@ -291,7 +270,8 @@ class Handler(BaseHTTPRequestHandler):
                 content = json.dumps(auto_answer(route, conversation), ensure_ascii=False)
             prompt_tokens = sum(tokens(m.get("content") or "") + 4 for m in messages)
             completion_tokens = tokens(content)
-            self._send(
+            message = {"role": "assistant", "content": content, "refusal": None}
+            self.send(
                 200,
                 {
                     "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -299,14 +279,7 @@ class Handler(BaseHTTPRequestHandler):
                     "created": int(time.time()),
                     "model": body.get("model") or "fake-model",
                     "system_fingerprint": "fake",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": content, "refusal": None},
-                            "logprobs": None,
-                            "finish_reason": "stop",
-                        }
-                    ],
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
                     "usage": {
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": completion_tokens,
@@ -318,57 +291,55 @@ class Handler(BaseHTTPRequestHandler):
             entry["outcome"] = "client_gone"  # the client timed out and hung up while we were "thinking"
             self.close_connection = True
 
-    def _embeddings(self, body: dict[str, Any]) -> None:
-        inputs = body.get("input")
-        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
-        b64 = body.get("encoding_format") == "base64"
-        data = []
-        total = 0
-        for i, t in enumerate(texts):
-            text = t if isinstance(t, str) else json.dumps(t)
-            total += tokens(text)
-            vec = embed(text)
-            emb: Any = base64.b64encode(struct.pack(f"<{DIM}f", *vec)).decode() if b64 else vec
-            data.append({"object": "embedding", "index": i, "embedding": emb})
-        self._send(
-            200,
-            {
-                "object": "list",
-                "data": data,
-                "model": body.get("model") or "fake-embedding",
-                "usage": {"prompt_tokens": total, "total_tokens": total},
-            },
-        )
+
+def main(argv: Sequence[str] | None = None) -> None:
+    def options(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--script", help="an initial script: the JSON body of POST /_script")
+
+    serve(Handler, argv, "A scriptable OpenAI-compatible LLM server.", options)
 
 
-def embed(text: str) -> list[float]:
-    """A deterministic unit vector from a hash of the text (equal texts, equal vectors; nothing else meant)."""
-    raw = b"".join(hashlib.sha256(f"{i}:{text}".encode()).digest() for i in range(DIM * 4 // 32))
-    vals = [v / 2**31 - 1.0 for v in struct.unpack(f"<{DIM}I", raw)]
-    norm = sum(v * v for v in vals) ** 0.5 or 1.0
-    return [v / norm for v in vals]
+def answer(obj: Any) -> dict[str, Any]:
+    """A step whose content is ``obj`` as JSON."""
+    return {"content": json.dumps(obj, ensure_ascii=False)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--script", help="a JSON file with an initial script (the body of POST /_script)")
-    args = ap.parse_args(argv)
-    if args.script:
-        with open(args.script, encoding="utf-8") as f:
-            STATE.load(json.load(f))
-    ThreadingHTTPServer.allow_reuse_address = True
-    ThreadingHTTPServer.daemon_threads = True
-    server = ThreadingHTTPServer((args.host, args.port), Handler)
-    print(f"listening on {server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    sys.exit(0)
+class FakeLLM(FakeProcess):
+    """The server as a child process, scripted over HTTP: ``with FakeLLM() as llm: llm.script(...)``.
+    ``base_url`` is the OpenAI base (``.../v1``); ``restart`` starts it on the same port with the last script."""
+
+    module = "fakes.llm"
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+        super().__init__(port, host)
+        self._script: dict[str, Any] = {}
+
+    @property
+    def base_url(self) -> str:
+        return self.url("/v1")
+
+    def args(self) -> list[str]:
+        return ["--script", json.dumps(self._script)] if self._script else []
+
+    def script(
+        self,
+        routes: dict[str, list[dict[str, Any]]] | None = None,
+        defaults: dict[str, dict[str, Any]] | None = None,
+        content_by_match: list[dict[str, Any]] | None = None,
+        *,
+        reset: bool = True,
+    ) -> None:
+        """Replace the script; ``reset`` also clears the call log (the usual start of a test)."""
+        self._script = {"routes": routes or {}, "defaults": defaults or {}, "content_by_match": content_by_match or []}
+        self.call("POST", "/_script", {**self._script, "reset": reset})
+
+    def reset(self) -> None:
+        self._script = {}
+        super().reset()
+
+    def kill(self) -> None:
+        """An abrupt crash: SIGKILL, in-flight requests see their connection reset."""
+        self.stop(kill=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""Small helpers the integration tests share (not fixtures: ``from helpers import wait_for``)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import pytest
+
+from memos_pipeline.config import Settings
+from memos_pipeline.storage.db import content_hash, session_scope
+from memos_pipeline.storage.models import Memory
+
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 60.0, interval: float = 0.02) -> T:
+    """Poll ``fn`` until it returns something truthy, or fail after ``timeout`` seconds naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def insert_fact(settings: Settings, tenant_id: uuid.UUID, user_id: str, text: str, axis: int = 0) -> uuid.UUID:
+    """A fact memory written straight to Postgres (as the memreader, a restore or a migration would leave it: not
+    in BM25), its embedding the unit vector along ``axis``."""
+    vec = np.zeros(384, dtype=np.float32)
+    vec[axis] = 1.0
+    memory_id = uuid.uuid4()
+    with session_scope(settings) as s:
+        s.add(
+            Memory(
+                id=memory_id,
+                tenant_id=tenant_id,
+                user_id=user_id,
+                conversation_id="w",
+                kind="fact",
+                memory_key="fact",
+                memory_value=text,
+                memory_type="UserMemory",
+                status="activated",
+                sources=[],
+                info={},
+                embedding=vec.tolist(),
+                content_hash=content_hash(text),
+            )
+        )
+    return memory_id
