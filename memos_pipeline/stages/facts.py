@@ -16,11 +16,10 @@ from sqlalchemy.orm import Session
 
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import Embedder
-from memos_pipeline.ingest import lifecycle
 from memos_pipeline.llm import LLMClient
 from memos_pipeline.stages import llm_stage
 from memos_pipeline.stages import prompts as ex
-from memos_pipeline.storage import db, ingests
+from memos_pipeline.storage import db
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Memory, MemoryEdge
 from memos_pipeline.text.chunking import Turn
@@ -35,13 +34,11 @@ def run_memreader(
 ) -> llm_stage.StageResult | None:
     res = llm_stage.StageResult(usage=llm.usage)
     with session_scope(settings) as s:
-        ingest = ingests.get_ingest(s, ingest_id)
-        if ingest is None:
+        opened = llm_stage.open_stage(s, settings, ingest_id, "memreader")
+        if opened is None:
             return None
-        lifecycle.mark_stage(s, ingest_id, "memreader", "running")
-        s.commit()
-        turns, _ = ingests.ingest_turns(s, ingest, 0)
-        for b, batch in enumerate(llm_stage.batches(turns, settings.extract_batch_messages)):
+        ingest, todo = opened
+        for b, batch in enumerate(todo):
 
             def extract(batch: list[Turn] = batch, user_id: str = ingest.user_id) -> ex.FactsOut:
                 return llm.chat_json(

@@ -64,6 +64,18 @@ def batches(turns: list[Turn], size: int) -> list[list[Turn]]:
     return [turns[i : i + size] for i in range(0, len(turns), size)]
 
 
+def open_stage(s: Session, settings: Settings, ingest_id: uuid.UUID, stage: str) -> tuple[Any, list[list[Turn]]] | None:
+    """Start ``stage`` on one ingest in session ``s``: marked running (committed at once, so /get/status shows it
+    while the model works), and the ingest's turns in LLM-sized batches. None when the ingest is gone."""
+    ingest = ingests.get_ingest(s, ingest_id)
+    if ingest is None:
+        return None
+    lifecycle.mark_stage(s, ingest_id, stage, "running")
+    s.commit()
+    turns, _ = ingests.ingest_turns(s, ingest, 0)
+    return ingest, batches(turns, settings.extract_batch_messages)
+
+
 def stored_or_extract(
     s: Session, ingest_id: uuid.UUID, stage: str, b: int, extract: Callable[[], Any], usage: Usage
 ) -> dict[str, Any]:
