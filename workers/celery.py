@@ -58,8 +58,8 @@ def _on_child_init(**_: Any) -> None:
 
 
 def _warm_search() -> None:
-    """A whole search before the first task (workers/search.py: warm_up), not during it."""
-    from workers.search import warm_up
+    """A whole search before the first task, not during it."""
+    from memos_pipeline.search.service import warm_up
 
     try:
         warm_up(settings)

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import asdict
 from typing import Any
 
 import redis
 
 from memos_pipeline.config import Settings
-from memos_pipeline.embedders import get_embedder, retry_on_model_switch
 from memos_pipeline.schemas import SearchJob
 from memos_pipeline.search import replies
-from memos_pipeline.search.recall import SearchOutput, fast_search
-from memos_pipeline.storage.bm25 import get_index
-from memos_pipeline.storage.db import session_scope
+from memos_pipeline.search.service import search
 from workers.base import PipelineTask
 from workers.celery import app
 
@@ -46,28 +42,6 @@ def fast(self: PipelineTask, payload: dict[str, Any], reply_to: str | None = Non
     return out
 
 
-def search(settings: Settings, job: SearchJob) -> SearchOutput:
-    index = get_index(settings) if settings.bm25_call else None
-    embedder = get_embedder(settings)
-
-    def run() -> SearchOutput:
-        with session_scope(settings) as s:
-            return fast_search(
-                s,
-                embedder,
-                index,
-                job,
-                fusion_method=settings.fusion,
-                dedup_turns=settings.search_dedup_turns,
-                graph=settings.fast_graph,
-                history_turns=settings.api_search_history_turns,
-                history_window=settings.api_search_window_size,
-            )
-
-    # Right at a reembed's swap the query may have been embedded by the outgoing model: once more with the new one.
-    return retry_on_model_switch(embedder, run)
-
-
 def _reply(settings: Settings, key: str | None, answer: dict[str, Any]) -> None:
     if key is None:
         return
@@ -76,10 +50,3 @@ def _reply(settings: Settings, key: str | None, answer: dict[str, Any]) -> None:
     except redis.RedisError:
         # The request then ends at its deadline, as it would have without an answer; the search itself went fine.
         log.warning("could not deliver the search answer to %s", key, exc_info=True)
-
-
-def warm_up(settings: Settings) -> None:
-    """One search for nobody (a tenant that cannot exist), when the worker starts: it loads the model, jieba's
-    dictionary (the first query with Chinese in it took ~1 s to tokenize), opens the BM25 reader and a database
-    connection, and compiles the SQL, so that the first real search pays for none of them."""
-    search(settings, SearchJob(tenant_id=uuid.UUID(int=0), user_id="warm-up", query="warm up 预热", top_k=1))
