@@ -82,6 +82,13 @@ def eval_group() -> None:
     default=None,
     help=f"Results per search [default: max(max k, {locomo_mod.BUDGET_TOP_K}), to fill the budget].",
 )
+@click.option(
+    "--date-format",
+    type=click.Choice(locomo_mod.DATE_FORMATS),
+    default="locomo",
+    show_default=True,
+    help="Session dates as sent: the dataset's own strings, ISO 8601 or epoch seconds (both taken as UTC).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result (progress bars still on stderr).")
 @click.option(
     "--report",
@@ -96,6 +103,7 @@ def locomo_cmd(
     conversations: int | None,
     budget: int,
     top_k: int | None,
+    date_format: str,
     as_json: bool,
     report: Path | None,
 ) -> None:
@@ -107,7 +115,14 @@ def locomo_cmd(
     ks, mode_list = _ks(k), _modes(modes)
     unwind_on_sigterm()
     result, records = locomo_mod.run_locomo(
-        get_settings(), data, ks=ks, modes=mode_list, conversations=conversations, budget=budget, top_k=top_k
+        get_settings(),
+        data,
+        ks=ks,
+        modes=mode_list,
+        conversations=conversations,
+        budget=budget,
+        top_k=top_k,
+        date_format=date_format,
     )
     _emit(result, records, report, as_json, write_locomo_report, locomo_markdown)
 

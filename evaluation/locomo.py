@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from cli.client import ApiClient
 from cli.harness import Isolated, isolated
 from evaluation import metrics
 from memos_pipeline.config import Settings
+from memos_pipeline.text.dates import parse_chat_time
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 SCORED = (1, 2, 3, 4)  # the overall score; 5 is reported apart
@@ -49,6 +51,9 @@ BUDGET_TOKENS = 2000
 BUDGET_TOP_K = 50  # results asked for, so that the 2,000-token budget can be filled (3-turn windows: ~100 tokens)
 NDCG_K = TOKENS_K = 10
 WARMUP_SEARCHES = 5
+# How session dates are sent: the dataset's own strings, or converted, to check that retrieval does not depend on
+# the client's date format (the pipeline renders all of them the same way).
+DATE_FORMATS = ("locomo", "iso", "epoch")
 HTTP_TIMEOUT_S = 60.0
 SEARCH_RETRIES = 2
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -101,6 +106,21 @@ def session_messages(turns: Sequence[dict[str, Any]], date_time: str) -> list[di
             }
         )
     return out
+
+
+def session_date(date_time: str, date_format: str = "locomo") -> str:
+    """A session's date as a client using ``date_format`` would send it. LoCoMo's dates name no zone: they are
+    taken as UTC, so that the ISO ("2023-05-08T13:56:00Z") and epoch ("1683554160") variants name the same wall
+    clock the pipeline renders for the original."""
+    if date_format not in DATE_FORMATS:
+        raise ValueError(f"unknown date format {date_format!r}; choose from {', '.join(DATE_FORMATS)}")
+    if date_format == "locomo" or not date_time:
+        return date_time
+    when = parse_chat_time(date_time)
+    if when is None:  # a silent fallback would compare a converted run with a raw one
+        raise ValueError(f"cannot convert the session date {date_time!r} to {date_format}")
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return f"{when:%Y-%m-%dT%H:%M:%S}Z" if date_format == "iso" else str(int(when.timestamp()))
 
 
 def load_locomo(path: Path, limit: int | None = None) -> list[Conversation]:
@@ -214,11 +234,16 @@ def add_all(
     return ingest_ids
 
 
-def ingest_all(api: ApiClient, conversations: Sequence[Conversation], progress: bool) -> dict[str, Any]:
+def ingest_all(
+    api: ApiClient, conversations: Sequence[Conversation], progress: bool, date_format: str = "locomo"
+) -> dict[str, Any]:
     """One add per session, sessions in order (the chunker stitches each to the turns before it), conversations
-    in parallel."""
+    in parallel; session dates sent in ``date_format``."""
     t0, turns = time.perf_counter(), sum(c.turns for c in conversations)
-    adds = [[(c.sample_id, c.sample_id, session_messages(t, date)) for date, t in c.sessions] for c in conversations]
+    adds = [
+        [(c.sample_id, c.sample_id, session_messages(t, session_date(date, date_format))) for date, t in c.sessions]
+        for c in conversations
+    ]
     ids = add_all(api, adds, 300 + 2.0 * turns, progress)
     return {"adds": len(ids), "turns": turns, "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -318,10 +343,14 @@ def run_locomo(
     budget: int = BUDGET_TOKENS,
     top_k: int | None = None,
     progress: bool = True,
+    date_format: str = "locomo",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ingest, search every question in every mode, score: (the result, the per-question records)."""
     check_modes(modes)
     convs = load_locomo(data, conversations)
+    for c in convs:  # a bad date fails here, before a stack is started
+        for date, _ in c.sessions:
+            session_date(date, date_format)
     ks_all = sorted({*ks, TOKENS_K})
     top_k = top_k or max(*ks_all, BUDGET_TOP_K)
     if not 1 <= top_k <= 100:
@@ -331,7 +360,7 @@ def run_locomo(
     by_mode: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     with own_stack(settings, "locomo") as h:
-        ingest = ingest_all(h.api, convs, progress)
+        ingest = ingest_all(h.api, convs, progress, date_format)
         cfg = h.settings
         for mode in modes:
             retries_before = h.api.retries
@@ -361,6 +390,7 @@ def run_locomo(
             "modes": list(modes),
             "top_k": top_k,
             "budget_tokens": budget,
+            "date_format": date_format,
             "chunk_turns": cfg.chunk_turns,
             "chunk_overlap": cfg.chunk_overlap,
             "fusion": cfg.fusion,

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from memos_pipeline.text.chunking import Turn
+from memos_pipeline.text.dates import render_chat_time
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
@@ -28,7 +29,9 @@ def mostly_cjk(text: str) -> bool:
 def render_for_llm(turns: Sequence[Turn]) -> str:
     lines = []
     for i, t in enumerate(turns):
-        when = f" ({t.chat_time})" if t.chat_time else ""
+        # The canonical date with its weekday, whatever the client's format: the model resolves "yesterday" or
+        # "last Friday" from it, and an epoch number would be unreadable to it.
+        when = f" ({render_chat_time(t.chat_time)})" if t.chat_time else ""
         lines.append(f"[m{i}]{when} {t.speaker}: {t.content}")
     return "\n".join(lines)
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memos_pipeline.text.dates import iso_chat_time, render_chat_time
+
 
 @dataclass(frozen=True)
 class Turn:
@@ -64,9 +66,13 @@ def render_window(turns: Sequence[Turn]) -> str:
     lines: list[str] = []
     current: str | None = None
     for t in turns:
-        if t.chat_time and t.chat_time != current:
-            lines.append(f"[{t.chat_time}]")
-            current = t.chat_time
+        # The canonical form, not the client's string: the same conversation sent with ISO, epoch or LoCoMo dates
+        # gets the same text (so the same BM25 terms and vectors), and "May", "2023", "Monday" are words to match.
+        # Compared rendered, so two times that differ only in seconds or format do not repeat the date line.
+        when = render_chat_time(t.chat_time) if t.chat_time else None
+        if when and when != current:
+            lines.append(f"[{when}]")
+            current = when
         lines.append(f"{t.speaker}: {t.content}")
     return "\n".join(lines)
 
@@ -113,7 +119,9 @@ def window_turns(
         if start > 0 and end - start <= overlap:  # fully covered by the previous window
             break
         chunk = tuple(seq[start:end])
-        times = [t.chat_time for t in chunk if t.chat_time]
+        # Metadata is for machines: ISO 8601 (sortable, comparable whatever format the client used; the client's
+        # string when it is not a date we read). The messages themselves keep the client's chat_time untouched.
+        times = [iso_chat_time(t.chat_time) for t in chunk if t.chat_time]
         info = {
             "speakers": sorted({t.speaker for t in chunk}),
             "chat_time_start": times[0] if times else None,

@@ -113,19 +113,19 @@ def test_chat_time_and_speaker_in_text_and_info() -> None:
         Turn("3", "c3", "user", "Yes", name="Caroline", chat_time="2023-05-08 09:00"),
     ]
     (w,) = window_turns(conv, size=3, overlap=1)
-    # The date once, and again only where it changes.
+    # The date once, in its canonical form (tests/unit/test_dates.py), and again only where it changes.
     assert w.text.split("\n") == [
-        "[2023-05-07 10:00]",
+        "[Sunday 7 May 2023, 10:00 am]",
         "Caroline: I moved to Paris",
         "assistant: Nice!",
-        "[2023-05-08 09:00]",
+        "[Monday 8 May 2023, 9:00 am]",
         "Caroline: Yes",
     ]
     assert w.key == "Caroline: I moved to Paris"
     assert w.info == {
         "speakers": ["Caroline", "assistant"],
-        "chat_time_start": "2023-05-07 10:00",
-        "chat_time_end": "2023-05-08 09:00",
+        "chat_time_start": "2023-05-07T10:00:00",
+        "chat_time_end": "2023-05-08T09:00:00",
         "context_turns": 0,
     }
 
@@ -145,7 +145,7 @@ def test_speaker_defaults_to_role() -> None:
 
 def test_one_date_line_for_turns_of_one_session() -> None:
     same = [Turn(str(i), str(i), "user", f"turn {i}", name="Ann", chat_time="8 May 2023") for i in range(3)]
-    assert render_window(same) == "[8 May 2023]\nAnn: turn 0\nAnn: turn 1\nAnn: turn 2"
+    assert render_window(same) == "[Monday 8 May 2023]\nAnn: turn 0\nAnn: turn 1\nAnn: turn 2"
 
 
 def test_deterministic() -> None:

@@ -62,7 +62,7 @@ def test_mostly_cjk(text: str, expected: bool) -> None:
 
 def test_render_for_llm_numbers_messages_and_shows_their_time() -> None:
     lines = ex.render_for_llm(ZH).splitlines()
-    assert lines[0] == "[m0] (2024-06-01 10:00) user: 我暑假定好去广州旅游，住宿的话有哪些连锁酒店可选？"
+    assert lines[0] == "[m0] (Saturday 1 June 2024, 10:00 am) user: 我暑假定好去广州旅游，住宿的话有哪些连锁酒店可选？"
     assert lines[2] == "[m2] user: 我选七天"
     assert len(lines) == 4
     named = [Turn("x", "x", "user", "hi", name="Caroline")]
