@@ -34,7 +34,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["memos_settings"] = settings
     app.extensions["memos_celery"] = make_celery(settings)
 
+    from api.assist import bp as assist_bp
     from api.auth import authenticate
+    from api.feedback import bp as feedback_bp
     from api.health import bp as health_bp
     from api.ingest import bp as ingest_bp
     from api.memories import bp as memories_bp
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     instrument(app)
     app.register_blueprint(meta_bp)
-    for bp in (health_bp, ingest_bp, search_bp, memories_bp, scheduler_bp):
+    for bp in (health_bp, ingest_bp, search_bp, memories_bp, scheduler_bp, assist_bp, feedback_bp):
         app.register_blueprint(bp)
         # /product/* aliases of every route (the MemOS product API paths)
         app.register_blueprint(bp, url_prefix="/product", name=f"product_{bp.name}")

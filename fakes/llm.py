@@ -7,7 +7,9 @@ OpenAI endpoints (what the ``openai`` client calls):
 
 - ``POST /v1/chat/completions``: a ``chat.completion`` object with ``choices[0].message.content`` and ``usage``
   ``{prompt_tokens, completion_tokens, total_tokens}`` (estimated: one token per CJK character, one per four
-  other characters);
+  other characters); with ``"stream": true``, server-sent events as OpenAI sends them: ``chat.completion.chunk``
+  objects (the role, then the answer in pieces of ``STREAM_PIECE`` characters, then ``finish_reason``; a usage
+  chunk when ``stream_options.include_usage``), then ``data: [DONE]``;
 - ``POST /v1/embeddings``: deterministic 384-dim unit vectors from a hash of each text (``float`` or ``base64``);
 - ``GET /v1/models``.
 
@@ -16,16 +18,20 @@ Scripting (per test, over HTTP):
 - ``POST /_script`` ``{"routes": {"facts": [step, ...], "preferences": [...], "merge": [...]},
   "defaults": {"facts": step, ...}, "content_by_match": [{"route": "facts", "match": "七天", ...step}]}``
   replaces the script (the call log is kept; ``"reset": true`` clears it too). The route of a request is chosen
-  from its system prompt: ``MemReader`` -> facts, ``EXISTING memories`` -> merge, ``preferences`` -> preferences.
+  from its system prompt: ``USER FEEDBACK`` -> feedback, ``# Memories of this user`` -> chat (POST /chat),
+  ``MemReader`` -> facts, ``EXISTING memories`` -> merge, ``preferences`` -> preferences.
   A request takes the next scripted step of its route; when there is none, the first ``content_by_match`` entry
   whose ``match`` occurs in the conversation (the first user message); else the route's default; else ``auto``.
 - A step: ``{"content": "<the model's answer>"}``, ``{"json": {...}}`` (serialised), ``{"auto": true}`` (a
   capable model: one fact per user message, in the conversation's language, with correct sources; an explicit
-  and an implicit preference per conversation; merge says "new"), ``{"status": 429}`` / ``{"status": 500}`` (an
+  and an implicit preference per conversation; merge says "new"; feedback adds the feedback as one fact and
+  changes nothing else; chat answers in plain text with the first memory it was shown, or says it remembers
+  nothing), ``{"status": 429}`` / ``{"status": 500}`` (an
   OpenAI error body), ``{"drop": true}`` (close the connection without answering), and ``"delay": seconds`` before
   any of them (past the client's timeout: the client gives up, the server notices the broken pipe).
 - ``GET /_calls``: ``{"calls": [{route, user (first 200 chars of the first user message), last (first 200 chars of
-  the last user message), n_messages, status, delay, outcome, t}], "counts": {route: n}, "ok": {route: n}}``.
+  the last user message), system (first 2000 chars of the system prompt), n_messages, model, max_tokens,
+  temperature, top_p, stream, status, delay, outcome, t}], "counts": {route: n}, "ok": {route: n}}``.
 - ``POST /_reset``: clear the script and the log.
 """
 
@@ -49,6 +55,9 @@ from fakes.server import CallLog, FakeProcess, JsonHandler, serve
 DIM = 384
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LINE = re.compile(r"^\[m(\d+)\](?: \([^)]*\))? ([^:]+): (.*)$")
+_MEMORY = re.compile(r"^\[M\d+\](?: \([^)]*\))? (.*)$")  # a memory line of a chat's system prompt
+_FEEDBACK = re.compile(r"^FEEDBACK(?: \([^)]*\))?: (.*)$", re.M)
+STREAM_PIECE = 8  # characters per streamed chunk: several chunks for any real answer, CJK included
 
 ERRORS = {
     400: ("invalid_request_error", "bad request"),
@@ -103,6 +112,11 @@ class State(CallLog):
 
 
 def route_of(system: str) -> str:
+    # Feedback and chat first: a chat's system prompt may be the caller's own text, about anything.
+    if "USER FEEDBACK" in system:
+        return "feedback"
+    if "# Memories of this user" in system:
+        return "chat"
     if "MemReader" in system:
         return "facts"
     if "EXISTING memories" in system or "long-term memory" in system:
@@ -169,7 +183,25 @@ def auto_answer(route: str, conversation: str) -> dict[str, Any]:
         }
     if route == "merge":
         return {"action": "new", "target": None, "merged_value": None}
+    if route == "feedback":
+        m = _FEEDBACK.search(conversation)
+        said = m.group(1).strip() if m else conversation.strip()
+        zh = is_chinese(said)
+        fact = {
+            "memory_key": said[:40],
+            "memory_value": f"用户反馈：{said}" if zh else f"The user said in feedback: {said}",
+            "memory_type": "UserMemory",
+            "tags": ["反馈"] if zh else ["feedback"],
+        }
+        return {"add": [fact], "update": [], "archive": []}
     return {}
+
+
+def chat_answer(system: str) -> str:
+    """A chat's plain-text answer: the first memory of the system prompt, quoted (so a test sees which reached the
+    model), or an admission that there is none."""
+    memories = [m.group(1) for line in system.splitlines() if (m := _MEMORY.match(line.strip()))]
+    return f"From what I remember: {memories[0]}" if memories else "I do not remember anything about that."
 
 
 def embed(text: str) -> list[float]:
@@ -244,7 +276,13 @@ class Handler(JsonHandler):
             "route": route,
             "user": conversation[:200],
             "last": (users[-1] if users else "")[:200],
+            "system": system[:2000],
             "n_messages": len(messages),
+            "model": body.get("model"),
+            "max_tokens": body.get("max_tokens"),
+            "temperature": body.get("temperature"),
+            "top_p": body.get("top_p"),
+            "stream": bool(body.get("stream")),
             "status": int(step.get("status", 200)),
             "delay": float(step.get("delay", 0)),
             "outcome": "answered",
@@ -266,30 +304,66 @@ class Handler(JsonHandler):
                 content = str(step["content"])
             elif "json" in step:
                 content = json.dumps(step["json"], ensure_ascii=False)
+            elif route == "chat":
+                content = chat_answer(system)
             else:
                 content = json.dumps(auto_answer(route, conversation), ensure_ascii=False)
             prompt_tokens = sum(tokens(m.get("content") or "") + 4 for m in messages)
             completion_tokens = tokens(content)
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+            head = {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "created": int(time.time()),
+                "model": body.get("model") or "fake-model",
+                "system_fingerprint": "fake",
+            }
+            if body.get("stream"):
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                self.stream(head, content, usage if include_usage else None)
+                return
             message = {"role": "assistant", "content": content, "refusal": None}
             self.send(
                 200,
                 {
-                    "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                    **head,
                     "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model") or "fake-model",
-                    "system_fingerprint": "fake",
                     "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens,
-                    },
+                    "usage": usage,
                 },
             )
         except (BrokenPipeError, ConnectionResetError, OSError):
             entry["outcome"] = "client_gone"  # the client timed out and hung up while we were "thinking"
             self.close_connection = True
+
+    def stream(self, head: dict[str, Any], content: str, usage: dict[str, int] | None) -> None:
+        """The answer as OpenAI streams it. No Content-Length: the stream ends when the connection closes."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> None:
+            chunk = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
+            self.wfile.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
+            self.wfile.flush()
+
+        def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+
+        event(choice({"role": "assistant", "content": ""}))
+        for i in range(0, len(content), STREAM_PIECE):
+            event(choice({"content": content[i : i + STREAM_PIECE]}))
+        event(choice({}, "stop"))
+        if usage is not None:
+            event([], usage=usage)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -424,3 +424,146 @@ class AcceptJob(BaseModel):
     tenant: SafeText = Field(min_length=1, max_length=200, description="tenant name (see `create-key --tenant`)")
     idempotency_key: SafeText = Field(min_length=1, max_length=128, description="one per add; redelivery-safe")
     request: AddRequest
+
+
+# ---------------------------------------------------------------- rerank, extract, chat, feedback (api/assist.py,
+# api/feedback.py): MemOS's client sends these too, with the same null-means-not-given rule.
+
+MAX_RERANK_DOCUMENTS = 500  # one request's documents: each is scored by the reranker service, in batches
+
+
+class RerankDocument(BaseModel):
+    """A document to rerank: MemOS and Jina-style clients send a string or an object with ``text``; the object's
+    other keys are the caller's (an id, metadata) and come back with it."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+    text: SafeText = Field(min_length=1, max_length=20_000)
+
+
+class RerankRequest(_ClientRequest):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {"model": ()}  # the configured reranker answers
+
+    query: SafeText = Field(min_length=1, max_length=4000)
+    documents: list[RerankDocument] = Field(min_length=1, max_length=MAX_RERANK_DOCUMENTS)
+    top_n: int | None = Field(None, ge=1, description="return only the best top_n (default: all)")
+    model: SafeText | None = Field(None, max_length=256)
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _strings_are_documents(cls, v: Any) -> Any:
+        # A plain string is the document's text: normalised before validation so that errors name documents[i].text.
+        return [{"text": d} if isinstance(d, str) else d for d in v] if isinstance(v, list) else v
+
+
+EXTRACTION_TYPES = {
+    "fact": "facts",
+    "facts": "facts",
+    "memory": "facts",
+    "memories": "facts",
+    "preference": "preferences",
+    "preferences": "preferences",
+}
+
+
+class ExtractRequest(_ClientRequest):
+    """Stateless extraction: the messages go through the MemReader's and the preference stage's prompts; nothing
+    is stored. ``extraction_types``: which (``facts``/``memory``, ``preference``); default both."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
+
+    messages: list[MessageIn] = Field(min_length=1)
+    extraction_types: list[str] | None = Field(None, min_length=1, max_length=10)
+    model: SafeText | None = Field(None, min_length=1, max_length=256, description="LLM model instead of ours")
+    user_id: SafeText = Field("user", min_length=1, max_length=256, description="who 'the user' is in the prompt")
+
+    @field_validator("messages")
+    @classmethod
+    def _limit(cls, v: list[MessageIn], info: ValidationInfo) -> list[MessageIn]:
+        limit = (info.context or {}).get("max_messages")
+        if limit and len(v) > limit:
+            raise ValueError(f"{len(v)} messages in one request, the limit is {limit}")
+        return v
+
+    @field_validator("extraction_types")
+    @classmethod
+    def _types(cls, v: list[str]) -> list[str]:
+        for i, t in enumerate(v):
+            if t.strip().lower() not in EXTRACTION_TYPES:
+                raise PydanticCustomError(
+                    "extraction_type",
+                    "{reason}",
+                    {"reason": f"{t!r} is not one of {sorted(EXTRACTION_TYPES)}", "path": (i,)},
+                )
+        return v
+
+    def kinds(self) -> set[str]:
+        """``facts`` and/or ``preferences``."""
+        if not self.extraction_types:
+            return {"facts", "preferences"}
+        return {EXTRACTION_TYPES[t.strip().lower()] for t in self.extraction_types}
+
+
+class ChatRequest(_ClientRequest):
+    """A chat turn answered with the user's memories (MemOS's /chat). Search fields as in /search/memory; the
+    write-back fields (``add_message_on_answer`` with ``app_id``, ``agent_id``, ``source``, ``tags``, ``info``) as
+    in /add/message."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "knowledgebase_ids": ([],),
+        "internet_search": (False,),
+        "force_stop": (False,),
+        "use_mem_os_cube": (False,),
+        "allow_public": (False,),
+        "async_mode": (True,),  # the write-back is always accepted asynchronously, as an add is
+    }
+
+    user_id: SafeText = _ID
+    query: SafeText = Field(min_length=1, max_length=4000)
+    conversation_id: SafeText | None = Field(None, min_length=1, max_length=256)
+    system_prompt: SafeText | None = Field(None, max_length=20_000, description="replaces our system instruction")
+    model_name: SafeText | None = Field(None, min_length=1, max_length=256, description="LLM model instead of ours")
+    filter: MemosFilter | None = None
+    agent_id: SafeText | None = Field(None, max_length=256, description="search this agent's memories; add as it")
+    app_id: SafeText | None = Field(None, max_length=256)
+    source: SafeText | None = Field(None, max_length=256)
+    tags: list[Annotated[SafeText, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
+    info: Annotated[dict[str, Any], AfterValidator(_no_nul_deep)] = Field(default_factory=dict)
+    add_message_on_answer: bool = Field(False, description="add the query and the answer as an /add/message does")
+    include_preference: bool = True
+    memory_limit_number: int = Field(6, ge=0, le=100)
+    preference_limit_number: int = Field(6, ge=0, le=50)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stream: bool = Field(False, description="answer as server-sent events (text/event-stream)")
+    knowledgebase_ids: list[Annotated[SafeText, Field(max_length=256)]] | None = Field(None, max_length=100)
+    internet_search: bool = False
+    force_stop: bool = False
+    use_mem_os_cube: bool = False
+    allow_public: bool = False
+    async_mode: bool = True
+
+    def scope_filter(self) -> dict[str, Any] | None:
+        return and_filters(self.filter, {"agent_id": self.agent_id} if self.agent_id else None)
+
+
+class FeedbackRequest(_ClientRequest):
+    """MemOS's add_feedback: what the user says about what the assistant remembers (a correction, a new fact,
+    something no longer true). Accepted durably like an add; the memreader applies it (stages/feedback.py)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
+    UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "allow_public": (False,),
+        "allow_knowledgebase_ids": ([],),
+    }
+
+    user_id: SafeText = _ID
+    feedback_content: SafeText = Field(min_length=1, max_length=20_000)
+    conversation_id: SafeText = Field("default", min_length=1, max_length=256)
+    agent_id: SafeText | None = Field(None, max_length=256, description="revise this agent's memories")
+    app_id: SafeText | None = Field(None, max_length=256)
+    feedback_time: SafeText | None = Field(None, max_length=64, description="when it was said (resolves 'yesterday')")
+    allow_public: bool = False
+    allow_knowledgebase_ids: list[Annotated[SafeText, Field(max_length=256)]] | None = Field(None, max_length=100)

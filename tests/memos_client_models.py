@@ -111,3 +111,13 @@ GetMessagesResponse = Envelope[GetMessagesData]
 DeleteResponse = Envelope[SuccessData]
 UpdateResponse = Envelope[SuccessData]
 RawResponse = Envelope[RawData]
+
+
+class ChatData(_Open):
+    """chat: ``response`` required (the answer's text)."""
+
+    response: str
+
+
+ChatResponse = Envelope[ChatData]
+FeedbackResponse = Envelope[AddMessageData]  # add_feedback is answered as an add

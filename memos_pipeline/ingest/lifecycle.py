@@ -25,6 +25,9 @@ STAGE_TASKS: dict[str, str] = {
     "preference": "memos.preference.extract",
 }
 AFTER_CHUNK = ("indexer", "memreader", "preference")
+# A feedback (POST /add/feedback, ingest/feedback.py) is an ingest with this one stage: no messages, no chunker.
+FEEDBACK = "feedback"
+STAGE_TASKS[FEEDBACK] = "memos.memreader.feedback"
 
 
 TERMINAL = frozenset({"done", "skipped", "failed", "dead_lettered"})
@@ -49,6 +52,10 @@ def initial_stages(*, llm: bool, scheduler: bool, preference: bool) -> dict[str,
         "memreader": llm_stage(True, ""),
         "preference": llm_stage(preference, "ENABLE_PREFERENCE_MEMORY=false"),
     }
+
+
+def feedback_stages() -> dict[str, dict[str, Any]]:
+    return {FEEDBACK: {"status": "pending"}}
 
 
 def overall_status(stages: dict[str, Any]) -> str:
@@ -110,8 +117,11 @@ def next_stages(stages: dict[str, Any]) -> list[str]:
 def stage_to_resume(stages: dict[str, Any]) -> str | None:
     """The sweeper's question: which task would move a stuck ingest on? None when every stage is terminal.
 
-    The later stages read what the chunker wrote, so nothing after it is resumed before it is done.
+    The later stages read what the chunker wrote, so nothing after it is resumed before it is done. A feedback
+    ingest has its one stage and nothing else to wait for.
     """
+    if FEEDBACK in stages:
+        return None if stages[FEEDBACK].get("status") in TERMINAL else FEEDBACK
     stage = next((st for st in STAGES if stages.get(st, {}).get("status") not in TERMINAL), None)
     if stage is not None and stage != "chunker" and stages.get("chunker", {}).get("status") != "done":
         return "chunker"

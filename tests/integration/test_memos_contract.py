@@ -24,7 +24,9 @@ import requests
 from live_api import run_api
 from memos_client_models import (
     AddResponse,
+    ChatResponse,
     DeleteResponse,
+    FeedbackResponse,
     GetMemoryResponse,
     GetMessagesResponse,
     RawResponse,
@@ -35,6 +37,8 @@ from memos_client_models import (
 from pydantic import BaseModel
 from sqlalchemy import func, select, update
 
+from fakes.llm import FakeLLM
+from fakes.reranker import FakeReranker
 from memos_pipeline.config import Settings
 from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
@@ -731,3 +735,131 @@ def test_scheduler_wait_times_out_while_work_is_pending(
     finally:  # the sweeper must not find an ingest stuck in "processing" and re-run its stages
         with session_scope(settings) as s:
             s.execute(held.values(status="done"))
+
+
+# ---------------------------------------------------------------- chat, add_feedback, extract_memory, rerank
+# These need a model: a second API over the session's LLM stack (fakes/llm.py), with the rerank server of
+# fakes/reranker.py configured. Without an LLM (the module's first API) they answer a 503 the client can read.
+
+
+def chat_body(user_id: str, conversation_id: str, query: str, **given: Any) -> dict[str, Any]:
+    """chat's payload: every key, the client's defaults included (max_tokens 8192, limits 6)."""
+    body: dict[str, Any] = {
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "query": query,
+        "internet_search": False,
+        "force_stop": False,
+        "use_mem_os_cube": False,
+        "source": None,
+        "system_prompt": None,
+        "model_name": None,
+        "knowledgebase_ids": None,
+        "filter": None,
+        "add_message_on_answer": False,
+        "app_id": None,
+        "agent_id": None,
+        "async_mode": True,
+        "tags": None,
+        "info": None,
+        "allow_public": False,
+        "max_tokens": 8192,
+        "temperature": None,
+        "top_p": None,
+        "include_preference": True,
+        "preference_limit_number": 6,
+        "memory_limit_number": 6,
+        "stream": False,
+    }
+    body.update(given)
+    return body
+
+
+def feedback_body(user_id: str, conversation_id: str, feedback_content: str, **given: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "feedback_content": feedback_content,
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "agent_id": None,
+        "app_id": None,
+        "feedback_time": None,
+        "allow_public": False,
+        "allow_knowledgebase_ids": None,
+    }
+    body.update(given)
+    return body
+
+
+@pytest.fixture(scope="module")
+def llm_base_url(llm_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with FakeReranker() as reranker:
+        cfg = llm_stack.with_overrides(
+            rate_limit_per_min=0, mos_reranker_backend="http_bge", mos_reranker_url=reranker.url("/v1/rerank")
+        )
+        with run_api(cfg, log=tmp_path_factory.mktemp("contract-llm") / "api.log") as base:
+            yield base
+
+
+@pytest.fixture
+def llm_api(llm_base_url: str, tenant: tuple[uuid.UUID, str], fake_llm: FakeLLM) -> Api:
+    if not fake_llm.alive():
+        fake_llm.restart()
+    fake_llm.script()  # a capable model (see fakes/llm.py), whatever an earlier test scripted
+    return Api(llm_base_url, tenant[1])
+
+
+def test_chat_exactly_as_the_client_sends_it(llm_api: Api) -> None:
+    llm_api.wait_done([llm_api.add(add_body(TRIP, "u1", "trip"))["task_id"]])
+    out = llm_api.ok("/chat", chat_body("u1", "trip", "Where will I stay in Lisbon?"), ChatResponse)
+    assert out.data.response.startswith("From what I remember:")
+    data = out.model_dump()["data"]
+    assert data["ignored"] == [] and 0 < len(data["memory_detail_list"]) <= 6 and "add" not in data
+    written = llm_api.ok(
+        "/chat", chat_body("u1", "trip", "And the tram?", add_message_on_answer=True), ChatResponse
+    ).model_dump()["data"]
+    llm_api.wait_done([written["add"]["task_id"]])
+    msgs = llm_api.ok("/get/message", get_message_body("u1", "trip", message_limit_number=2), GetMessagesResponse)
+    assert [m.model_dump()["content"] for m in msgs.data.message_detail_list] == ["And the tram?", written["response"]]
+
+
+def test_chat_stream_sends_data_lines(llm_api: Api) -> None:
+    resp = llm_api.post("/chat", chat_body("u1", "c1", "Hello?", stream=True))
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+    lines = [line for line in resp.text.split("\n") if line]
+    assert lines and all(line.startswith("data: ") for line in lines)
+    kinds = [json.loads(line[6:])["type"] for line in lines]
+    assert kinds[0] == "reference" and kinds[-1] == "end" and "text" in kinds
+
+
+def test_add_feedback_exactly_as_the_client_sends_it(llm_api: Api) -> None:
+    """Answered like an add (success, task_id, status; the client's retries are one feedback), and its task_id
+    reads in get_task_status until the memreader has applied it."""
+    body = feedback_body("u1", "c1", "I moved from Lisbon to Porto last week.")
+    answers = [llm_api.ok("/add/feedback", body, FeedbackResponse).model_dump()["data"] for _ in range(3)]
+    assert len({a["task_id"] for a in answers}) == 1 and answers[0]["ignored"] == []
+    llm_api.wait_done([answers[0]["task_id"]])
+    out = llm_api.ok("/get/status", {"task_id": answers[0]["task_id"]}, TaskStatusEnvelope)
+    assert out.data.status == "done" and out.model_dump()["data"]["stages"]["feedback"]["counts"]["add"] == 1
+
+
+def test_extract_memory_and_rerank_exactly_as_the_client_sends_them(llm_api: Api) -> None:
+    body = {"messages": PETS, "extraction_types": None, "model": None}
+    data = llm_api.ok("/extract/memory", body, RawResponse).model_dump()["data"]
+    assert len(data["memory_detail_list"]) == 2 and data["preference_detail_list"]
+    docs = [m["content"] for m in TRIP]
+    body = {"query": "Which tram crosses the old town?", "documents": docs, "model": None, "top_n": None}
+    ranked = llm_api.ok("/rerank", body, RawResponse).model_dump()["data"]["results"]
+    assert sorted(r["index"] for r in ranked) == list(range(len(docs))) and ranked[0]["index"] == 1
+
+
+def test_model_calls_without_a_model_answer_503(api: Api) -> None:
+    """The module's first API has no LLM and no reranker: a JSON error saying what to configure, never a 500."""
+    for path, body in (
+        ("/chat", chat_body("u1", "c1", "Hello?")),
+        ("/add/feedback", feedback_body("u1", "c1", "I moved.")),
+        ("/extract/memory", {"messages": PETS, "extraction_types": None, "model": None}),
+        ("/rerank", {"query": "q", "documents": ["a"], "model": None, "top_n": None}),
+    ):
+        resp = api.post(path, body)
+        assert resp.status_code == 503, (path, resp.text)
+        assert resp.json()["code"] != 0 and "configured" in resp.json()["message"]
