@@ -99,6 +99,7 @@ MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "memos.chunker.chunk": IngestJob,
     "memos.memreader.extract": IngestJob,
     "memos.preference.extract": IngestJob,
+    "memos.memreader.feedback": IngestJob,
     "memos.indexer.upsert_ingest": IndexJob,
     "memos.indexer.upsert": IndexJob,
     "memos.search.fast": SearchJob,

@@ -1,8 +1,7 @@
 """Accepting an add: the one path shared by the HTTP API and the producer queue (memos.chunker.accept).
 
 Commit ingest + messages + outbox row, then publish the chunker task with publisher confirms. A duplicate (same
-idempotency key, or without one the same add again within MEMOS_ADD_DEDUP_WINDOW_S) writes nothing and is published
-again only if its first publish never happened.
+idempotency key, or without one the same add again within MEMOS_ADD_DEDUP_WINDOW_S) writes and publishes nothing.
 """
 
 from __future__ import annotations
@@ -48,8 +47,11 @@ def accept_add(
             content_key=ingests.add_content_key(req),
             dedup_window_s=settings.add_dedup_window_s,
         )
-    if acc.duplicate and acc.published:
-        return AcceptResult(acc, True)
+    if acc.duplicate:
+        # Never published again from here: the first add published right after its commit (its row may not be
+        # marked sent yet: that happens off the hot path), or, had that failed, the relay publishes the row. A
+        # re-publish per client retry would run every stage, LLM calls included, once per retry.
+        return AcceptResult(acc, acc.published)
     published = outbox.try_publish_now(
         settings,
         sender,

@@ -90,8 +90,8 @@ def chunk_ingest(settings: Settings, embedder: Embedder, ingest_id: uuid.UUID) -
 def embedding_plan(windows: list[Window], mode: str) -> tuple[list[str], Callable[[np.ndarray], np.ndarray] | None]:
     """What to embed for ``windows`` and how the vectors become one per window.
 
-    "turns": every distinct turn once, with its date line; a window's vector is the normalised mean of its turns'
-    vectors. Windows slide one turn at a time, so embedding whole windows would embed each turn three times (and
+    "turns": every distinct turn once, with its date line; a window's vector is the normalised length-weighted mean
+    of its turns' vectors. Windows slide one turn at a time, so embedding whole windows would embed each turn three times (and
     attention cost grows faster than the text). "window": each window's text.
     """
     if mode == "window":
@@ -104,11 +104,14 @@ def embedding_plan(windows: list[Window], mode: str) -> tuple[list[str], Callabl
                 position[turn.message_id] = len(texts)
                 texts.append(render_turn(turn))
     rows = [[position[turn.message_id] for turn in w.turns] for w in windows]
+    # The model mean-pools over tokens, so a window's own vector leans towards its long turns: weigh each turn by its
+    # length (characters, a stand-in for tokens) rather than counting "ok, thanks" as much as a paragraph.
+    lengths = np.array([max(len(t), 1) for t in texts], dtype=np.float32)
 
     def combine(turn_vectors: np.ndarray) -> np.ndarray:
         if not rows:
             return turn_vectors[:0]
-        means = np.stack([turn_vectors[r].mean(axis=0) for r in rows])
+        means = np.stack([lengths[r] @ turn_vectors[r] for r in rows])
         norms = np.linalg.norm(means, axis=1, keepdims=True)
         return (means / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 

@@ -97,7 +97,14 @@ def stored_or_extract(
         .on_conflict_do_nothing(constraint="uq_extractions_ingest_stage_batch")
     )
     s.commit()  # the output is durable before any memory is written from it
-    return output
+    # Read back what is stored: a run of the same batch at the same time (a redelivery while this one worked) may
+    # have stored its own answer first, and every run must apply that one answer.
+    stored: dict[str, Any] = s.execute(
+        select(Extraction.output).where(
+            Extraction.ingest_id == ingest_id, Extraction.stage == stage, Extraction.batch_idx == b
+        )
+    ).scalar_one()
+    return stored
 
 
 def embed_and_apply(
