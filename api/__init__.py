@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.memories import bp as memories_bp
     from api.meta import bp as meta_bp
     from api.meta import instrument
+    from api.product import bp as product_bp
     from api.scheduler import bp as scheduler_bp
     from api.search import bp as search_bp
 
@@ -65,4 +66,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(bp)
         # /product/* aliases of every route (the MemOS product API paths)
         app.register_blueprint(bp, url_prefix="/product", name=f"product_{bp.name}")
+    # MemOS's own server routes (/product/add, /product/search, ...): only under /product, as MemOS serves them.
+    app.register_blueprint(product_bp, url_prefix="/product")
     return app

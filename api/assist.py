@@ -250,6 +250,22 @@ def chat() -> Response | tuple[Response, int]:
     cfg = settings()
     req = body(ChatRequest)
     key = _idempotency_key()
+    if not req.stream:
+        return ok(chat_complete(cfg, req, key))
+    messages, params, common = _prepare(cfg, req)
+    try:
+        pieces = chat_core.open_stream(cfg, messages, params)
+    except openai.OpenAIError as exc:
+        raise llm_error("chat", exc) from None
+    return Response(
+        stream_with_context(_events(cfg, req, key, pieces, common)),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _prepare(cfg: Settings, req: ChatRequest) -> tuple[list[dict[str, str]], chat_core.ChatParams, dict[str, Any]]:
+    """What a chat sends the model (after the recall) and what every answer carries."""
     require_llm(cfg, "chat")
     found = _recall(cfg, req)
     messages = chat_core.build_messages(
@@ -267,16 +283,12 @@ def chat() -> Response | tuple[Response, int]:
         "model": params.model,
         "ignored": req.ignored(),
     }
-    if req.stream:
-        try:
-            pieces = chat_core.open_stream(cfg, messages, params)
-        except openai.OpenAIError as exc:
-            raise llm_error("chat", exc) from None
-        return Response(
-            stream_with_context(_events(cfg, req, key, pieces, common)),
-            mimetype="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    return messages, params, common
+
+
+def chat_complete(cfg: Settings, req: ChatRequest, key: str | None) -> dict[str, Any]:
+    """A whole (not streamed) chat answer, as /chat's data; also MemOS's server route /product/chat/complete."""
+    messages, params, common = _prepare(cfg, req)
     try:
         answer = chat_core.complete(cfg, messages, params)
     except openai.OpenAIError as exc:
@@ -284,7 +296,7 @@ def chat() -> Response | tuple[Response, int]:
     data: dict[str, Any] = {"response": answer.text, "usage": answer.usage, **common}
     if req.add_message_on_answer:
         data["add"] = _write_back(cfg, req, answer.text, key)
-    return ok(data)
+    return data
 
 
 def _events(

@@ -24,6 +24,11 @@ def add_feedback() -> tuple[Response, int]:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= 128 and key.isprintable()):
         raise ApiError(400, INVALID_BODY, "Idempotency-Key: 1 to 128 printable characters")
+    return ok(accept(cfg, req, key), 202)
+
+
+def accept(cfg: Any, req: FeedbackRequest, key: str | None) -> dict[str, Any]:
+    """A feedback accepted durably: the answer's data. Shared with MemOS's server route /product/feedback."""
     # Refused up front rather than accepted and never applied: only the LLM can read a feedback.
     require_llm(cfg, "feedback")
     res = accept_feedback(cfg, celery(), g.tenant_id, req, trace_id=g.request_id, idempotency_key=key)
@@ -38,4 +43,4 @@ def add_feedback() -> tuple[Response, int]:
         "duplicate": acc.duplicate,
         "ignored": req.ignored(),
     }
-    return ok(data, 202)
+    return data

@@ -24,9 +24,21 @@ bp = Blueprint("ingest", __name__)
 def add_message() -> tuple[Response, int]:
     cfg = settings()
     req = body(AddRequest, {"max_messages": cfg.max_messages_per_add, "max_content_chars": cfg.max_content_chars})
+    data, status = accept(cfg, req, idempotency_key())
+    return ok(data, status)
+
+
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key header, checked (None when not given)."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= 128 and key.isprintable()):
         raise ApiError(400, INVALID_BODY, "Idempotency-Key: 1 to 128 printable characters")
+    return key
+
+
+def accept(cfg: Any, req: AddRequest, key: str | None) -> tuple[dict[str, Any], int]:
+    """An add accepted durably (and, in sync mode, waited for): the answer's data and status. Shared with MemOS's
+    server route /product/add (api/product.py)."""
     res = accept_add(cfg, celery(), g.tenant_id, req, trace_id=g.request_id, idempotency_key=key)
     acc = res.accepted
     # success/task_id/status: what MemOS's client requires (without them it re-sends the add). duplicate: this was
@@ -42,8 +54,8 @@ def add_message() -> tuple[Response, int]:
     }
     if (req.async_mode or cfg.async_mode) == "sync":
         data.update(_wait_for(cfg, acc.ingest_id, g.tenant_id))
-        return ok(data, 200)
-    return ok(data, 202)
+        return data, 200
+    return data, 202
 
 
 def _wait_for(cfg: Any, ingest_id: Any, tenant_id: Any) -> dict[str, Any]:

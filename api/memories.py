@@ -57,7 +57,11 @@ def _where(scope: dict[str, Any] | None, target: Target) -> ColumnElement[bool] 
 
 @bp.post("/get/memory")
 def get_memory() -> tuple[Response, int]:
-    req = body(GetMemoryRequest)
+    return ok(memory_page(body(GetMemoryRequest)))
+
+
+def memory_page(req: GetMemoryRequest) -> dict[str, Any]:
+    """A page as /get/memory answers it (its data); also MemOS's server routes /product/get_memory and get_all."""
     scope = req.scope_filter()
     with session_scope(settings()) as s:
         rows, total = memories.page_memories(
@@ -102,7 +106,7 @@ def get_memory() -> tuple[Response, int]:
             data["preference_total"] = pref_total
         if req.include_tool_memory:
             data["tool_memory_detail_list"] = []
-        return ok(data)
+        return data
 
 
 @bp.get("/get/memory/<uuid:memory_id>")
@@ -119,7 +123,11 @@ def get_memory_by_id(memory_id: uuid.UUID) -> tuple[Response, int]:
 
 @bp.post("/delete/memory")
 def delete_memory() -> tuple[Response, int]:
-    req = body(DeleteMemoryRequest)
+    return ok(delete(body(DeleteMemoryRequest)))
+
+
+def delete(req: DeleteMemoryRequest) -> dict[str, Any]:
+    """A delete as /delete/memory answers it (its data); also MemOS's server route /product/delete_memory."""
     scope = req.scope_filter()
     with session_scope(settings()) as s:
         deleted = memories.soft_delete(
@@ -131,16 +139,14 @@ def delete_memory() -> tuple[Response, int]:
         )
     _reindex(deleted)
     gone = {str(i) for i in (*deleted, *deleted_prefs)}
-    return ok(
-        {
-            # The call did what it was asked: an id already deleted (a retry) or not ours is listed in not_found.
-            "success": True,
-            "deleted": [str(i) for i in deleted],
-            "deleted_preferences": [str(i) for i in deleted_prefs],
-            "not_found": sorted({str(i) for i in req.memory_ids or ()} - gone),
-            "ignored": req.ignored(),
-        }
-    )
+    return {
+        # The call did what it was asked: an id already deleted (a retry) or not ours is listed in not_found.
+        "success": True,
+        "deleted": [str(i) for i in deleted],
+        "deleted_preferences": [str(i) for i in deleted_prefs],
+        "not_found": sorted({str(i) for i in req.memory_ids or ()} - gone),
+        "ignored": req.ignored(),
+    }
 
 
 @bp.post("/update/memory")

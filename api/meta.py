@@ -10,12 +10,25 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel
 
 from memos_pipeline import __version__
+from memos_pipeline.product_schemas import (
+    ProductAddRequest,
+    ProductChatRequest,
+    ProductDeleteRequest,
+    ProductFeedbackRequest,
+    ProductGetAllRequest,
+    ProductGetMemoryRequest,
+    ProductSearchRequest,
+)
 from memos_pipeline.schemas import (
     AddRequest,
+    ChatRequest,
     DeleteMemoryRequest,
+    ExtractRequest,
+    FeedbackRequest,
     GetMemoryRequest,
     GetMessageRequest,
     MemoryHistoryRequest,
+    RerankRequest,
     SchedulerRequest,
     SearchRequest,
     StatusRequest,
@@ -41,6 +54,18 @@ ROUTES: dict[str, tuple[type[BaseModel], str]] = {
     "/update/memory": (UpdateMemoryRequest, "Write a new version of a memory"),
     "/get/memory/history": (MemoryHistoryRequest, "Every version of a memory"),
     "/get/message": (GetMessageRequest, "The raw messages of a conversation"),
+    "/chat": (ChatRequest, "Answer a query with the user's memories (whole, or server-sent events with stream)"),
+    "/add/feedback": (FeedbackRequest, "Feedback on what is remembered (202: accepted and durable)"),
+    "/extract/memory": (ExtractRequest, "Facts and preferences the LLM reads in messages; nothing stored"),
+    "/rerank": (RerankRequest, "Score documents against a query with the configured reranker"),
+    # MemOS's open-source server routes (api/product.py): their field names, their answer shape
+    "/product/add": (ProductAddRequest, "MemOS server: add memories (202: accepted and durable)"),
+    "/product/search": (ProductSearchRequest, "MemOS server: search memories, per readable cube"),
+    "/product/get_memory": (ProductGetMemoryRequest, "MemOS server: a cube's memories (a page, or all)"),
+    "/product/get_all": (ProductGetAllRequest, "MemOS server: a user's memories, or those relevant to a query"),
+    "/product/delete_memory": (ProductDeleteRequest, "MemOS server: soft-delete memories"),
+    "/product/feedback": (ProductFeedbackRequest, "MemOS server: feedback (202: accepted and durable)"),
+    "/product/chat/complete": (ProductChatRequest, "MemOS server: a whole chat answer with memories"),
 }
 
 _ERROR = {
@@ -53,10 +78,38 @@ _ENVELOPE = {
     "required": ["code", "message", "data"],
     "properties": {"code": {"type": "integer", "const": 0}, "message": {"type": "string"}, "data": {}},
 }
+# MemOS's server answers with its BaseResponse: code 200 (api/product.py); task_id and detail are ours.
+_SERVER_ENVELOPE = {
+    "type": "object",
+    "required": ["code", "message", "data"],
+    "properties": {
+        "code": {"type": "integer", "const": 200},
+        "message": {"type": "string"},
+        "data": {},
+        "task_id": {"type": "string"},
+        "detail": {"type": "object"},
+    },
+}
 # Statuses every POST route may answer, besides its success: see api/errors.py for when each is used.
 _ERROR_STATUSES = ("400", "401", "404", "413", "422", "429")
 # The search waits on the search (and reranker) workers: 502 when a worker failed, 504 when none answered in time.
-_EXTRA_STATUSES = {"/search/memory": ("502", "504")}
+# The model calls: 503 when no LLM (or reranker) is configured, or it is unavailable for now (with Retry-After);
+# 502 when it failed or answered unusably. A chat searches first (502/504 as a search).
+_SEARCH = ("502", "504")
+_MODEL = ("502", "503")
+_EXTRA_STATUSES = {
+    "/search/memory": _SEARCH,
+    "/chat": ("502", "503", "504"),
+    "/add/feedback": ("503",),
+    "/extract/memory": _MODEL,
+    "/rerank": _MODEL,
+    "/product/search": _SEARCH,
+    "/product/get_all": _SEARCH,  # with a search_query it searches
+    "/product/feedback": ("503",),
+    "/product/chat/complete": ("502", "503", "504"),
+}
+# Accepted for later processing (durable): 202, besides 200 (a sync add waits and answers 200).
+_ACCEPTED = {"/add/message", "/add/feedback", "/product/add", "/product/feedback"}
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
@@ -66,18 +119,21 @@ def _json(ref: str, description: str) -> dict[str, Any]:
 def openapi_spec() -> dict[str, Any]:
     """OpenAPI 3.1: its schema dialect is JSON Schema 2020-12, which is what pydantic generates."""
     paths: dict[str, Any] = {}
-    schemas: dict[str, Any] = {"Error": _ERROR, "Envelope": _ENVELOPE}
+    schemas: dict[str, Any] = {"Error": _ERROR, "Envelope": _ENVELOPE, "ServerEnvelope": _SERVER_ENVELOPE}
     err = _json("#/components/schemas/Error", "error")
     for path, (model, summary) in ROUTES.items():
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+        envelope = "#/components/schemas/" + ("ServerEnvelope" if path.startswith("/product/") else "Envelope")
         responses = {
-            "200": _json("#/components/schemas/Envelope", "ok"),
+            "200": _json(envelope, "ok"),
             **dict.fromkeys((*_ERROR_STATUSES, *_EXTRA_STATUSES.get(path, ())), err),
         }
-        if path == "/add/message":
-            responses["202"] = _json("#/components/schemas/Envelope", "accepted: durable and queued")
+        if path in _ACCEPTED:
+            responses["202"] = _json(envelope, "accepted: durable and queued")
+        if path == "/chat":  # stream: true answers server-sent events
+            responses["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
         paths[path] = {
             "post": {
                 "summary": summary,

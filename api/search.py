@@ -188,8 +188,11 @@ def _mixture(cfg: Settings, app: Celery, job: SearchJob) -> tuple[dict[str, Any]
 
 @bp.post("/search/memory")
 def search_memory() -> tuple[Response, int]:
-    cfg = settings()
-    req = body(SearchRequest)
+    return ok(run(settings(), body(SearchRequest)))
+
+
+def run(cfg: Settings, req: SearchRequest) -> dict[str, Any]:
+    """One search as /search/memory answers it (its data); also MemOS's server route /product/search."""
     job = SearchJob(
         tenant_id=g.tenant_id,
         user_id=req.user_id,
@@ -234,4 +237,4 @@ def search_memory() -> tuple[Response, int]:
         data["tool_memory_detail_list"] = []
     if req.include_skill:
         data["skill_detail_list"] = []
-    return ok(data)
+    return data
