@@ -209,6 +209,9 @@ def _extra_paths(schemas: dict[str, Any], err: dict[str, Any]) -> dict[str, Any]
         },
         "responses": {"200": envelope, **errors},
     }
+    # /scheduler/status may ask about one task (newer MemOS clients): 404 when the key's tenant has no such task.
+    task = {"name": "task_id", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1}}
+    status_body = {**with_body, "parameters": [*query, task], "responses": {"200": envelope, **errors, "404": err}}
     return {
         "/get/memory/{memory_id}": {
             "get": {
@@ -229,10 +232,10 @@ def _extra_paths(schemas: dict[str, Any], err: dict[str, Any]) -> dict[str, Any]
             "get": {
                 "summary": "Ingests in flight (of a user, or of the tenant)",
                 "security": [{"token": []}],
-                "parameters": query[:1],
-                "responses": {"200": envelope, "401": err, "422": err, "429": err},
+                "parameters": [query[0], task],
+                "responses": {"200": envelope, "401": err, "404": err, "422": err, "429": err},
             },
-            "post": {"summary": "Ingests in flight (of a user, or of the tenant)", **with_body},
+            "post": {"summary": "Ingests in flight (of a user, or of the tenant)", **status_body},
         },
         "/scheduler/wait": {
             "post": {"summary": "Block until a user's (or the tenant's) ingests are done, or a timeout", **with_body}

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from api import ok
 from api.common import settings
-from api.errors import parse_json_body, validation_error
+from api.errors import NOT_FOUND, ApiError, parse_json_body, validation_error
 from memos_pipeline.schemas import SchedulerRequest
 from memos_pipeline.storage import ingests
 from memos_pipeline.storage.db import session_scope
@@ -58,8 +58,12 @@ def scheduler_status() -> tuple[Response, int]:
             }
             for i in oldest
         ]
+        task = ingests.find_ingest(s, g.tenant_id, task_id=req.task_id) if req.task_id else None
+        if req.task_id and task is None:
+            raise ApiError(404, NOT_FOUND, f"task_id: no ingest with task_id {req.task_id}")
     return ok(
         {
+            **({"task_id": task.task_id, "status": task.status} if task is not None else {}),
             "scope": "user" if req.user_id else "tenant",
             "user_name": req.user_id,
             "running_tasks": sum(counts.values()),

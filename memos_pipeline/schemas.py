@@ -409,6 +409,9 @@ class SchedulerRequest(_ClientRequest):
     ALIASES: ClassVar[dict[str, str]] = {"user_name": "user_id"}
 
     user_id: SafeText | None = Field(None, min_length=1, max_length=256)
+    # Newer MemOS clients ask /scheduler/status about one task (``?task_id=``): its status is answered beside the
+    # user's counts.
+    task_id: SafeText | None = Field(None, min_length=1, max_length=64)
     timeout_seconds: float = Field(
         120.0, ge=0, le=86_400, description="wait: give up after this long (at most MEMOS_SCHEDULER_WAIT_MAX_S)"
     )

@@ -711,6 +711,12 @@ def test_scheduler_wait_blocks_until_the_users_ingests_are_done(api: Api) -> Non
         assert api.ok("/get/status", {"task_id": task_id}, TaskStatusEnvelope).data.status == "done"
     status = api.post("/product/scheduler/status", {"user_id": "u1"})
     assert status.status_code == 200 and status.json()["data"]["running_tasks"] == 0
+    # Newer MemOS clients ask about one task in the query string: its status comes back beside the counts.
+    one = api.get(f"/product/scheduler/status?user_name=u1&task_id={tasks[0]}")
+    assert one.status_code == 200, one.text
+    assert one.json()["data"]["task_id"] == tasks[0] and one.json()["data"]["status"] == "done"
+    missing = api.get("/product/scheduler/status?task_id=no-such-task")
+    assert missing.status_code == 404 and "task_id" in missing.json()["message"]
 
 
 def test_scheduler_wait_times_out_while_work_is_pending(

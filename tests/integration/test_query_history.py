@@ -24,8 +24,8 @@ PETS = [  # earlier sessions: three pets, each with its favourite place, apart f
 ]
 FILLER = [{"role": "user", "content": f"Unrelated chat about the weather, item {i}."} for i in range(4)]
 RECENT = [  # the turns right before the follow-up question
-    {"role": "user", "content": "Ingrid says her greyhound has been restless all week."},
-    {"role": "assistant", "content": "Greyhounds need a good sprint now and then."},
+    {"role": "user", "content": "Tom says his parrot has been restless all week."},
+    {"role": "assistant", "content": "Parrots need a good perch to watch from."},
 ]
 FOLLOW_UP = "where does it love to go?"  # fits every pet: only the history says which one
 
@@ -47,19 +47,21 @@ def test_history_turns_make_a_follow_up_find_its_memory(
     )
     embedder, index = get_embedder(workers), get_index(workers)
 
-    def pickle_rank_and_score(history_turns: int) -> tuple[int, float]:
+    def kiwi_rank_and_score(history_turns: int) -> tuple[int, float]:
         with session_scope(workers) as s:
             out = fast_search(s, embedder, index, job, history_turns=history_turns, history_window=5)
         for rank, m in enumerate(out.memories):
-            if "Pickle" in m["memory_value"]:
+            if "Kiwi" in m["memory_value"]:
                 return rank, float(m["relativity"])
         return len(out.memories), 0.0
 
-    plain, enriched = pickle_rank_and_score(0), pickle_rank_and_score(2)
-    # The recent turns (Ingrid, the greyhound) pull the follow-up to the memory that answers it, and the recent
-    # turns themselves are not returned (the caller has them).
+    plain, enriched = kiwi_rank_and_score(0), kiwi_rank_and_score(2)
+    # The recent turns (Tom, the parrot) pull the follow-up to the memory that answers it, and the recent turns
+    # themselves are not returned (the caller has them).
     assert enriched[0] == 0, (plain, enriched)
-    assert plain[0] > 0, plain  # the question alone does not single it out
+    # The question alone fits every pet; without the history another pet's memory comes first (the greyhound's,
+    # today's model prefers "running on the beach" for "love to go").
+    assert plain[0] > 0, plain
     # Scoped like every read: another user's conversation with the same id lends no history.
     other = job.model_copy(update={"user_id": f"{user}-other"})
     with session_scope(workers) as s:

@@ -30,14 +30,15 @@ from evaluation.job_bench import insert_memories
 from fakes.embedder import FakeEmbedder
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
-from memos_pipeline.embedders import ACTIVE_MODEL_TTL_S, FollowingEmbedder, OpenAIEmbedder, read_active
+from memos_pipeline.embedders import ACTIVE_MODEL_TTL_S, Embedder, FollowingEmbedder, OpenAIEmbedder, read_active
 from memos_pipeline.ingest import lifecycle
 from memos_pipeline.jobs import embedding_columns, reembed
 from memos_pipeline.schemas import AddRequest
 from memos_pipeline.stages import chunk as pipeline
 from memos_pipeline.storage import db, ingests
 from memos_pipeline.storage.db import session_scope
-from memos_pipeline.storage.models import Memory, Preference
+from memos_pipeline.storage.models import Ingest, Memory, Preference
+from memos_pipeline.text.chunking import window_turns
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +123,20 @@ def raw_memories(settings: Settings, user_id: str, conversation_id: str) -> list
             )
         ).all()
     return [(r[0], r[1], np.asarray(r[2])) for r in rows]
+
+
+def expected_vector(settings: Settings, model: Embedder, user_id: str, conversation_id: str) -> np.ndarray:
+    """The first window's vector as the chunk stage makes it with ``model`` (MEMOS_WINDOW_VECTORS: the window's text
+    embedded whole, or its turns embedded once and combined)."""
+    with session_scope(settings) as s:
+        ingest = s.execute(
+            select(Ingest).where(Ingest.user_id == user_id, Ingest.conversation_id == conversation_id)
+        ).scalar_one()
+        turns, ctx = ingests.ingest_turns(s, ingest, settings.chunk_overlap)
+    windows = window_turns(turns, size=settings.chunk_turns, overlap=settings.chunk_overlap, context=ctx)
+    texts, combine = pipeline.embedding_plan(windows, settings.window_vectors)
+    vectors = model.embed(texts)
+    return (combine(vectors) if combine else vectors)[0]
 
 
 def sync_add(client: FlaskClient, auth: dict[str, str], user_id: str, conversation_id: str, *texts: str) -> None:
@@ -305,8 +320,8 @@ def test_reembed_killed_half_way_resumes_switches_every_process_and_rolls_back(
     assert pipeline.chunk_ingest(settings, stale, ingest) is not None
     assert stale.active().version == job.version
     for conv in ("orchids", "stale"):
-        (_, value, vec) = raw_memories(settings, "alice", conv)[0]
-        assert vec.shape == (DIMS,) and np.allclose(vec, fake.embed([value])[0], atol=1e-6)
+        (_, _, vec) = raw_memories(settings, "alice", conv)[0]
+        assert vec.shape == (DIMS,) and np.allclose(vec, expected_vector(settings, fake, "alice", conv), atol=1e-6)
 
     # Back to the local model through the task a scheduler triggers: the previous vectors come back as they were,
     # only rows written since the swap need MiniLM.
