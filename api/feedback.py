@@ -11,6 +11,7 @@ from api import ok
 from api.assist import require_llm
 from api.common import body, celery, settings
 from api.errors import INVALID_BODY, ApiError
+from api.ingest import accepted_data
 from memos_pipeline.ingest.feedback import accept_feedback
 from memos_pipeline.schemas import FeedbackRequest
 
@@ -32,15 +33,4 @@ def accept(cfg: Any, req: FeedbackRequest, key: str | None) -> dict[str, Any]:
     # Refused up front rather than accepted and never applied: only the LLM can read a feedback.
     require_llm(cfg, "feedback")
     res = accept_feedback(cfg, celery(), g.tenant_id, req, trace_id=g.request_id, idempotency_key=key)
-    acc = res.accepted
-    # success/task_id/status: what MemOS's client requires (without them it sends the feedback again).
-    data: dict[str, Any] = {
-        "success": True,
-        "task_id": acc.task_id,
-        "ingest_id": str(acc.ingest_id),
-        "status": "accepted",
-        "published": res.published,
-        "duplicate": acc.duplicate,
-        "ignored": req.ignored(),
-    }
-    return data
+    return accepted_data(res, req.ignored())

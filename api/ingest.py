@@ -10,7 +10,7 @@ from flask import Blueprint, Response, g, request
 from api import ok
 from api.common import body, celery, settings
 from api.errors import INVALID_BODY, NOT_FOUND, ApiError
-from memos_pipeline.ingest.accept import accept_add
+from memos_pipeline.ingest.accept import AcceptResult, accept_add
 from memos_pipeline.schemas import AddRequest, StatusRequest
 from memos_pipeline.search.recall import memory_item
 from memos_pipeline.storage import ingests
@@ -36,22 +36,28 @@ def idempotency_key() -> str | None:
     return key
 
 
-def accept(cfg: Any, req: AddRequest, key: str | None) -> tuple[dict[str, Any], int]:
-    """An add accepted durably (and, in sync mode, waited for): the answer's data and status. Shared with MemOS's
-    server route /product/add (api/product.py)."""
-    res = accept_add(cfg, celery(), g.tenant_id, req, trace_id=g.request_id, idempotency_key=key)
+def accepted_data(res: AcceptResult, ignored: list[str]) -> dict[str, Any]:
+    """The answer to an add or a feedback accepted durably. success/task_id/status: what MemOS's client requires
+    (without them it sends the request again). duplicate: a retry of one accepted before (same Idempotency-Key, or
+    the same content within MEMOS_ADD_DEDUP_WINDOW_S)."""
     acc = res.accepted
-    # success/task_id/status: what MemOS's client requires (without them it re-sends the add). duplicate: this was
-    # a retry of an add accepted before (same Idempotency-Key, or the same add within MEMOS_ADD_DEDUP_WINDOW_S).
-    data: dict[str, Any] = {
+    return {
         "success": True,
         "task_id": acc.task_id,
         "ingest_id": str(acc.ingest_id),
         "status": "accepted",
         "published": res.published,
         "duplicate": acc.duplicate,
-        "ignored": req.ignored(),
+        "ignored": ignored,
     }
+
+
+def accept(cfg: Any, req: AddRequest, key: str | None) -> tuple[dict[str, Any], int]:
+    """An add accepted durably (and, in sync mode, waited for): the answer's data and status. Shared with MemOS's
+    server route /product/add (api/product.py)."""
+    res = accept_add(cfg, celery(), g.tenant_id, req, trace_id=g.request_id, idempotency_key=key)
+    acc = res.accepted
+    data = accepted_data(res, req.ignored())
     if (req.async_mode or cfg.async_mode) == "sync":
         data.update(_wait_for(cfg, acc.ingest_id, g.tenant_id))
         return data, 200

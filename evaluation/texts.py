@@ -12,6 +12,8 @@ import datetime as dt
 import random
 from typing import Any
 
+from memos_pipeline.text.dates import DAY_NAMES, MONTH_NAMES
+
 PEOPLE = ("Caroline", "Melanie", "Jon", "Priya", "Diego", "Aiko", "Samuel", "Fatima", "Liam", "Nora", "Omar", "Grace")
 CITIES = (
     "Lisbon",
@@ -95,21 +97,7 @@ CLASSES = (
     "a first-aid course",
     "a beginner's coding bootcamp",
 )
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-MONTHS = (
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-)
+WEEKDAYS, MONTHS = DAY_NAMES, MONTH_NAMES  # the names the service renders dates with
 
 STATEMENTS = (
     "I booked a flight to {city} for {date}; it was ${price} round trip.",

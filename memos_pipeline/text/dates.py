@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 
-_MONTH_NAMES = (
+MONTH_NAMES = (
     "January",
     "February",
     "March",
@@ -49,11 +49,11 @@ _MONTH_NAMES = (
     "November",
     "December",
 )
-_DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_MONTHS = {name.lower(): i + 1 for i, name in enumerate(_MONTH_NAMES)}
-_MONTHS.update({name[:3].lower(): i + 1 for i, name in enumerate(_MONTH_NAMES)})
+DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = {name.lower(): i + 1 for i, name in enumerate(MONTH_NAMES)}
+_MONTHS.update({name[:3].lower(): i + 1 for i, name in enumerate(MONTH_NAMES)})
 _MONTHS["sept"] = 9
-_WEEKDAYS = {d.lower() for d in _DAY_NAMES} | {d[:3].lower() for d in _DAY_NAMES} | {"tues", "thur", "thurs"}
+_WEEKDAYS = {d.lower() for d in DAY_NAMES} | {d[:3].lower() for d in DAY_NAMES} | {"tues", "thur", "thurs"}
 _FILLERS = {"on", "at", "of", "the"}  # "1:56 pm on 8 May", "May 8 at 9:00", "the 8th of May"
 
 MAX_LEN = 64  # the schema's limit for chat_time: anything longer is not a date we know
@@ -95,7 +95,7 @@ def render_chat_time(value: str | float) -> str:
     if parsed is None:
         return str(value)
     d = parsed.when
-    text = f"{_DAY_NAMES[d.weekday()]} {d.day} {_MONTH_NAMES[d.month - 1]} {d.year}"
+    text = f"{DAY_NAMES[d.weekday()]} {d.day} {MONTH_NAMES[d.month - 1]} {d.year}"
     if parsed.has_time:
         text += f", {d.hour % 12 or 12}:{d.minute:02d} {'am' if d.hour < 12 else 'pm'}"
     return text
