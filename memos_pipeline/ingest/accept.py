@@ -47,8 +47,15 @@ def accept_add(
             content_key=ingests.add_content_key(req),
             dedup_window_s=settings.add_dedup_window_s,
         )
+    return publish_accepted(settings, sender, acc, "chunker", trace_id)
+
+
+def publish_accepted(
+    settings: Settings, sender: outbox.TaskSender, acc: ingests.Accepted, stage: str, trace_id: str
+) -> AcceptResult:
+    """Publish the first stage of an ingest just committed (an add's chunker, a feedback's own stage)."""
     if acc.duplicate:
-        # Never published again from here: the first add published right after its commit (its row may not be
+        # Never published again from here: the first request published right after its commit (its row may not be
         # marked sent yet: that happens off the hot path), or, had that failed, the relay publishes the row. A
         # re-publish per client retry would run every stage, LLM calls included, once per retry.
         return AcceptResult(acc, acc.published)
@@ -56,9 +63,9 @@ def accept_add(
         settings,
         sender,
         acc.outbox_id,
-        task,
+        lifecycle.STAGE_TASKS[stage],
         acc.task_id,
-        lifecycle.stage_payload("chunker", acc.ingest_id),
+        lifecycle.stage_payload(stage, acc.ingest_id),
         {"trace_id": trace_id},
     )
     return AcceptResult(acc, published)

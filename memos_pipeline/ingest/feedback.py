@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from memos_pipeline.config import Settings
 from memos_pipeline.ingest import lifecycle, outbox
-from memos_pipeline.ingest.accept import AcceptResult
+from memos_pipeline.ingest.accept import AcceptResult, publish_accepted
 from memos_pipeline.schemas import FeedbackRequest
 from memos_pipeline.storage import ingests
 from memos_pipeline.storage.db import content_hash, session_scope
@@ -53,21 +53,7 @@ def accept_feedback(
             acc = ingests._recent_same_add(s, tenant_id, content_key, settings.add_dedup_window_s)
         if acc is None:
             acc = _insert(s, tenant_id, req, trace_id, task, idempotency_key, content_key)
-    if acc.duplicate:
-        # Not published again (an add is, when its first publish is not marked yet): a retry comes within
-        # milliseconds, before the first publish is marked sent, and a second run would ask the LLM a second time.
-        # A first publish that really failed is the relay's, as for any unsent outbox row.
-        return AcceptResult(acc, acc.published)
-    published = outbox.try_publish_now(
-        settings,
-        sender,
-        acc.outbox_id,
-        task,
-        acc.task_id,
-        lifecycle.stage_payload(lifecycle.FEEDBACK, acc.ingest_id),
-        {"trace_id": trace_id},
-    )
-    return AcceptResult(acc, published)
+    return publish_accepted(settings, sender, acc, lifecycle.FEEDBACK, trace_id)
 
 
 def _insert(
