@@ -38,6 +38,8 @@ def _base_settings(tmp: Path) -> Settings:
         relay_grace_s=1.0,
         relay_interval_s=0.5,
         sync_timeout_s=30.0,
+        # Edges built, not followed (FAST_GRAPH stays off): test_graph_recall reads what the indexer wrote.
+        graph_edges=True,
     )
 
 

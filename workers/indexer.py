@@ -60,9 +60,11 @@ def upsert_ingest(self: PipelineTask, payload: dict[str, Any]) -> int:
 
 
 def _link(task: PipelineTask, what: str, fn: Callable[[Session], int]) -> int:
-    """Build graph edges whatever FAST_GRAPH says (search alone reads it): switching it on then needs no
-    backfill, and the indexer and search workers need not agree on it. A database hiccup retries the task; a bug
-    in the graph only logs, since keyword search must not wait on an optional feature."""
+    """Build graph edges when they are wanted (``Settings.builds_graph``: FAST_GRAPH, or MEMOS_GRAPH_EDGES to
+    build them ahead of switching it on). A database hiccup retries the task; a bug in the graph only logs, since
+    keyword search must not wait on an optional feature."""
+    if not task.settings.builds_graph:
+        return 0
     try:
         with session_scope(task.settings) as s:
             return fn(s)

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, load_only
 from memos_pipeline.config import Settings
 from memos_pipeline.jobs import runner as batchjob
 from memos_pipeline.jobs.runner import CountMismatch, JobConflict, NotReady
+from memos_pipeline.search import graph
 from memos_pipeline.stages.index import bm25_doc
 from memos_pipeline.storage.bm25 import Bm25Generations, Bm25Index, get_generations
 from memos_pipeline.storage.db import session_scope
@@ -203,6 +204,8 @@ def run_batch(settings: Settings, gens: Bm25Generations, job_id: str, batch: int
         return 0
     with session_scope(settings) as s:
         rows = batch_memories(s, job, batch)
+        if settings.builds_graph:  # links what was stored while edges were off (upserts: a re-link is harmless)
+            graph.link_memories(s, [m.id for m in rows])
     n = sync(gens.generation(job.generation), rows)
     cp.mark_done(job_id, batch, n)
     return n

@@ -242,7 +242,8 @@ def _link_user(session: Session, tenant_id: uuid.UUID, user_id: str, rows: list[
         for e in ents
     ]
     if values:
-        session.execute(insert(memory_entities).values(values).on_conflict_do_nothing())
+        # executemany (rows as parameters): one cached statement, where .values(rows) compiled anew each time.
+        session.execute(insert(memory_entities).on_conflict_do_nothing(), values)
     scope = and_(memory_entities.c.tenant_id == tenant_id, memory_entities.c.user_id == user_id)
     n = session.execute(
         select(func.count())
@@ -274,22 +275,22 @@ def _link_user(session: Session, tenant_id: uuid.UUID, user_id: str, rows: list[
     df.update(_doc_freq(session, scope, set().union(*known.values()) - set(df)))
     edges = build_edges(new, {m: frozenset(e) for m, e in known.items()}, idf_weights(df, n), sources)
     if edges:
-        stmt = insert(MemoryEdge).values(
-            [
-                {
-                    "tenant_id": tenant_id,
-                    "src_id": uuid.UUID(e.src),
-                    "dst_id": uuid.UUID(e.dst),
-                    "kind": EDGE_KIND,
-                    "weight": e.weight,
-                }
-                for e in edges
-            ]
-        )
+        stmt = insert(MemoryEdge)
+        edge_rows = [
+            {
+                "tenant_id": tenant_id,
+                "src_id": uuid.UUID(e.src),
+                "dst_id": uuid.UUID(e.dst),
+                "kind": EDGE_KIND,
+                "weight": e.weight,
+            }
+            for e in edges
+        ]
         # Upsert: a redelivery recomputes the same pairs; later memories may have made an entity commoner.
-        session.execute(
-            stmt.on_conflict_do_update(constraint="uq_memory_edges_src_dst_kind", set_={"weight": stmt.excluded.weight})
+        upsert = stmt.on_conflict_do_update(
+            constraint="uq_memory_edges_src_dst_kind", set_={"weight": stmt.excluded.weight}
         )
+        session.execute(upsert, edge_rows)
     return len(edges)
 
 

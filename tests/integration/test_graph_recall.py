@@ -2,28 +2,31 @@
 
 The adds go through the API and the real chunker/indexer workers; the searches call ``fast_search`` on the same
 database and BM25 index the search worker reads, with the graph on and off (the session's workers run with
-FAST_GRAPH's default, off). BM25-only recall keeps the candidates to what the query's words match, so a memory
+FAST_GRAPH's default, off, and MEMOS_GRAPH_EDGES on). BM25-only recall keeps the candidates to what the query's words match, so a memory
 that does not contain them can only come back through an edge.
 """
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import aliased
 
 from memos_pipeline.config import Settings
 from memos_pipeline.embedders import get_embedder
+from memos_pipeline.jobs import reindex
 from memos_pipeline.schemas import SearchJob
 from memos_pipeline.search import graph
 from memos_pipeline.search.recall import fast_search
 from memos_pipeline.storage import ingests
 from memos_pipeline.storage import tenants as tenant_rows
 from memos_pipeline.storage.bm25 import get_index
+from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Memory, MemoryEdge
 from tests.integration.test_pipeline_e2e import add, wait_done
@@ -141,3 +144,37 @@ def test_edges_never_cross_users_or_tenants_and_survive_redelivery(
         with session_scope(workers) as s:
             assert graph.link_ingest(s, ingest_id) >= 1
     assert counts() == before
+
+
+def test_reindex_links_memories_stored_while_edges_were_off(
+    workers: Settings, client: FlaskClient, auth: dict[str, str], tmp_path: Path
+) -> None:
+    """Edges are written only when wanted (MEMOS_GRAPH_EDGES, else FAST_GRAPH): switching them on later, a re-index
+    of the tenant links what was stored before."""
+    with session_scope(workers) as s:
+        tenant_id, key = tenant_rows.create_api_key(s, f"graph-rx-{uuid.uuid4().hex[:8]}", "test")
+    own_auth = {"Authorization": f"Token {key}"}
+    user = f"graph_{uuid.uuid4().hex[:6]}"
+    _ingest(client, own_auth, user, "lessons", LESSON)
+    _ingest(client, own_auth, user, "concerts", CONCERT)
+    with session_scope(workers) as s:  # as if the indexer had run with edges off
+        mine = select(Memory.id).where(Memory.tenant_id == tenant_id)
+        s.execute(delete(MemoryEdge).where(MemoryEdge.src_id.in_(mine)))
+        s.execute(delete(graph.memory_entities).where(graph.memory_entities.c.tenant_id == tenant_id))
+    assert not _search(workers, tenant_id, user, "theremin", on=True)[1:]  # no neighbour without edges
+
+    cfg = workers.with_overrides(bm25_path=tmp_path / "bm25", queue_prefix=f"graphrx{uuid.uuid4().hex[:8]}.")
+    gens = TantivyIndex(cfg.bm25_dir, writer=True)
+    job, _ = reindex.start_or_resume(cfg, str(tenant_id), 100)
+    job = reindex.plan(cfg, reindex.begin(cfg, gens, job.job_id))  # type: ignore[arg-type]
+    try:
+        for b in reindex.KIND.pending(cfg, job):
+            reindex.run_batch(cfg, gens, job.job_id, b)
+    finally:
+        reindex.abort(cfg, gens, job.job_id)
+    with session_scope(workers) as s:
+        n_edges = s.execute(
+            select(func.count()).select_from(MemoryEdge).where(MemoryEdge.src_id.in_(mine))
+        ).scalar_one()
+    assert n_edges >= 1
+    assert any("Valparaiso" in m["memory_value"] for m in _search(workers, tenant_id, user, "theremin", on=True))
