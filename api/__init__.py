@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.feedback import bp as feedback_bp
     from api.health import bp as health_bp
     from api.ingest import bp as ingest_bp
+    from api.knowledgebase import bp as knowledgebase_bp
     from api.memories import bp as memories_bp
     from api.meta import bp as meta_bp
     from api.meta import instrument
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     instrument(app)
     app.register_blueprint(meta_bp)
-    for bp in (health_bp, ingest_bp, search_bp, memories_bp, scheduler_bp, assist_bp, feedback_bp):
+    for bp in (health_bp, ingest_bp, search_bp, memories_bp, scheduler_bp, assist_bp, feedback_bp, knowledgebase_bp):
         app.register_blueprint(bp)
         # /product/* aliases of every route (the MemOS product API paths)
         app.register_blueprint(bp, url_prefix="/product", name=f"product_{bp.name}")

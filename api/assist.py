@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from api import ok
 from api.common import body, celery, settings
 from api.errors import INVALID_BODY, TIMEOUT, UNAVAILABLE, ApiError
-from api.search import _fast, _get
+from api.search import _fast, _get, knowledgebase_jobs, merge_passages, search_knowledgebases
 from memos_pipeline import chat as chat_core
 from memos_pipeline.config import Settings
 from memos_pipeline.ingest.accept import accept_add
@@ -181,10 +181,14 @@ def _recall(cfg: Settings, req: ChatRequest) -> dict[str, Any]:
         filter=req.scope_filter(),
         trace_id=g.request_id,
     )
-    out = _get(_fast(celery(), job, cfg.search_timeout_s), cfg.search_timeout_s)
+    bases = knowledgebase_jobs(job, req.knowledgebase_ids)  # a 422 for an unknown base, before any search
+    reply = _fast(celery(), job, cfg.search_timeout_s)
+    passages = search_knowledgebases(celery(), bases, cfg.search_timeout_s)
+    out = _get(reply, cfg.search_timeout_s)
     if out is None:
         raise ApiError(504, TIMEOUT, f"chat: no answer from the search within {cfg.search_timeout_s}s")
-    return {"memories": out["memories"][: req.memory_limit_number], "preferences": out["preferences"]}
+    memories = merge_passages(out["memories"], passages, job.top_k, cfg.search_timeout_s)
+    return {"memories": memories[: req.memory_limit_number], "preferences": out["preferences"]}
 
 
 def _history(cfg: Settings, req: ChatRequest) -> list[tuple[str, str]]:

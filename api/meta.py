@@ -10,6 +10,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel
 
 from memos_pipeline import __version__
+from memos_pipeline.kb_schemas import (
+    AddKnowledgebaseFileRequest,
+    CreateKnowledgebaseRequest,
+    DeleteKnowledgebaseFileRequest,
+    DeleteKnowledgebaseRequest,
+    GetKnowledgebaseFileRequest,
+)
 from memos_pipeline.product_schemas import (
     ProductAddRequest,
     ProductChatRequest,
@@ -58,6 +65,15 @@ ROUTES: dict[str, tuple[type[BaseModel], str]] = {
     "/add/feedback": (FeedbackRequest, "Feedback on what is remembered (202: accepted and durable)"),
     "/extract/memory": (ExtractRequest, "Facts and preferences the LLM reads in messages; nothing stored"),
     "/rerank": (RerankRequest, "Score documents against a query with the configured reranker"),
+    # Knowledge bases (api/knowledgebase.py); /add/knowledgebase-file also takes a multipart upload (below)
+    "/create/knowledgebase": (CreateKnowledgebaseRequest, "Create a knowledge base"),
+    "/delete/knowledgebase": (DeleteKnowledgebaseRequest, "Delete a knowledge base, its files and their passages"),
+    "/add/knowledgebase-file": (
+        AddKnowledgebaseFileRequest,
+        "Add files (text, Markdown, HTML, PDF) to a knowledge base (202: accepted and durable)",
+    ),
+    "/get/knowledgebase-file": (GetKnowledgebaseFileRequest, "Knowledge-base files and their processing status"),
+    "/delete/knowledgebase-file": (DeleteKnowledgebaseFileRequest, "Delete knowledge-base files and their passages"),
     # MemOS's open-source server routes (api/product.py): their field names, their answer shape
     "/product/add": (ProductAddRequest, "MemOS server: add memories (202: accepted and durable)"),
     "/product/search": (ProductSearchRequest, "MemOS server: search memories, per readable cube"),
@@ -109,7 +125,16 @@ _EXTRA_STATUSES = {
     "/product/chat/complete": ("502", "503", "504"),
 }
 # Accepted for later processing (durable): 202, besides 200 (a sync add waits and answers 200).
-_ACCEPTED = {"/add/message", "/add/feedback", "/product/add", "/product/feedback"}
+_ACCEPTED = {"/add/message", "/add/feedback", "/product/add", "/product/feedback", "/add/knowledgebase-file"}
+# /add/knowledgebase-file as a multipart upload: ``file`` parts, the base in the query string or a form field.
+_KB_UPLOAD = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "knowledgebase_id": {"type": "string", "minLength": 1},
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
+    },
+}
 
 
 def _json(ref: str, description: str) -> dict[str, Any]:
@@ -145,6 +170,11 @@ def openapi_spec() -> dict[str, Any]:
                 "responses": responses,
             }
         }
+    upload = paths["/add/knowledgebase-file"]["post"]
+    upload["requestBody"]["content"]["multipart/form-data"] = {"schema": _KB_UPLOAD}
+    upload["parameters"] = [
+        {"name": "knowledgebase_id", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1}}
+    ]
     paths.update(_extra_paths(schemas, err))
     paths["/health"] = {
         "get": {

@@ -23,12 +23,14 @@ from flask import Blueprint, Response, current_app, g
 from api import ok
 from api.common import body, settings
 from api.common import celery as celery_app
-from api.errors import SEARCH_FAILED, TIMEOUT, ApiError
+from api.errors import SEARCH_FAILED, TIMEOUT, VALIDATION, ApiError
 from memos_pipeline.config import Settings
-from memos_pipeline.schemas import SearchJob, SearchRequest
+from memos_pipeline.schemas import SearchFilters, SearchJob, SearchRequest
 from memos_pipeline.search import replies
 from memos_pipeline.search.recall import PREFERENCE_NOTE
 from memos_pipeline.search.rerank import merge_fine_into_fast, mixture_cache_key
+from memos_pipeline.storage import knowledgebases as kb
+from memos_pipeline.storage.db import session_scope
 
 bp = Blueprint("search", __name__)
 FINE_CANDIDATES = 30  # fast candidates handed to the reranker: recall@30 is far above recall@10
@@ -186,6 +188,51 @@ def _mixture(cfg: Settings, app: Celery, job: SearchJob) -> tuple[dict[str, Any]
     return {**base, "memories": memories}, info
 
 
+# ---------------------------------------------------------------- knowledge bases (knowledgebase_ids)
+
+
+def knowledgebase_jobs(job: SearchJob, ids: list[str] | None, field: str = "knowledgebase_ids") -> list[SearchJob]:
+    """One fast search per knowledge base asked for: a base is a scope of its own (``kb:<id>``, see
+    storage/knowledgebases.py), searched by the same recall as a user, with the query alone (the user's filters,
+    conversation and preferences are about the user's memories). An id that names no base of the key's tenant is
+    a 422 naming it, before anything is searched."""
+    if not ids:
+        return []
+    with session_scope(settings()) as s:
+        try:
+            bases = kb.require_bases(s, job.tenant_id, ids, field)
+        except kb.UnknownKnowledgebase as exc:
+            errors = [{"field": field, "message": f"no knowledge base {i}"} for i in exc.ids]
+            raise ApiError(422, VALIDATION, str(exc), {"errors": errors}) from None
+    empty = {"conversation_id": None, "filters": SearchFilters(), "filter": None}
+    return [
+        job.model_copy(update={"user_id": kb.scope(b.id), "pref_top_k": 0, "include_preference": False, **empty})
+        for b in bases
+    ]
+
+
+def search_knowledgebases(app: Celery, jobs: list[SearchJob], timeout: float) -> list[_Reply]:
+    """Publish the bases' searches at once: they run beside the user's search on the search workers."""
+    return [_fast(app, j, timeout) for j in jobs]
+
+
+def merge_passages(
+    memories: list[dict[str, Any]], replies: list[_Reply], top_k: int, timeout: float
+) -> list[dict[str, Any]]:
+    """The user's memories and the bases' passages, best score first, ``top_k`` of them (scores of one recall and
+    fusion, so comparable: a passage outranks a memory when it matches the query better)."""
+    if not replies:
+        return memories
+    deadline = time.monotonic() + timeout
+    found = list(memories)
+    for reply in replies:
+        out = _get(reply, deadline - time.monotonic())
+        if out is None:
+            raise ApiError(504, TIMEOUT, f"search: no answer from a knowledge base's search within {timeout}s")
+        found += out["memories"]
+    return sorted(found, key=lambda m: -(m.get("relativity") or 0.0))[:top_k]
+
+
 @bp.post("/search/memory")
 def search_memory() -> tuple[Response, int]:
     return ok(run(settings(), body(SearchRequest)))
@@ -207,6 +254,7 @@ def run(cfg: Settings, req: SearchRequest) -> dict[str, Any]:
         trace_id=g.request_id,
     )
     app, mode = celery_app(), req.mode or cfg.search_mode
+    bases = search_knowledgebases(app, knowledgebase_jobs(job, req.knowledgebase_ids), cfg.search_timeout_s)
     info: dict[str, Any] = {"mode": mode}
     if mode == "mixture":
         out, info = _mixture(cfg, app, job)
@@ -218,7 +266,7 @@ def run(cfg: Settings, req: SearchRequest) -> dict[str, Any]:
         if out is None:
             raise ApiError(504, TIMEOUT, f"search: no answer from the {mode} path within {cfg.search_timeout_s}s")
         info["reranked"] = bool(out.get("reranked", False))
-    memories = out["memories"] if out else []
+    memories = merge_passages(out["memories"] if out else [], bases, job.top_k, cfg.search_timeout_s)
     prefs = out["preferences"] if out else []
     if req.relativity is not None:  # MemOS: a minimum score, on the scores as returned
         memories = [m for m in memories if (m.get("relativity") or 0.0) >= req.relativity]

@@ -185,7 +185,6 @@ class SearchRequest(_ClientRequest):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
     ALIASES: ClassVar[dict[str, str]] = {"memory_limit_number": "top_k", "preference_limit_number": "pref_top_k"}
     UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "knowledgebase_ids": ([],),
         "include_tool_memory": (False,),
         "include_skill": (False,),
         "include_memory_view": (False,),
@@ -207,8 +206,10 @@ class SearchRequest(_ClientRequest):
     agent_id: SafeText | None = Field(None, max_length=256, description="only memories of this agent's adds")
     filter: MemosFilter | None = None
     relativity: float | None = Field(None, ge=0, le=1, description="minimum score of a returned item")
-    # Accepted for the MemOS client: tool memories, skills, memory views and knowledge bases are not built yet.
-    knowledgebase_ids: list[Annotated[SafeText, Field(max_length=256)]] | None = Field(None, max_length=100)
+    knowledgebase_ids: list[Annotated[SafeText, Field(max_length=256)]] | None = Field(
+        None, max_length=100, description="knowledge bases whose passages the search includes (api/knowledgebase.py)"
+    )
+    # Accepted for the MemOS client: tool memories, skills and memory views are not built yet.
     include_tool_memory: bool = False
     tool_memory_limit_number: int | None = Field(None, ge=0, le=100)
     include_skill: bool = False
@@ -514,7 +515,6 @@ class ChatRequest(_ClientRequest):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
     UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "knowledgebase_ids": ([],),
         "internet_search": (False,),
         "force_stop": (False,),
         "use_mem_os_cube": (False,),
@@ -541,7 +541,9 @@ class ChatRequest(_ClientRequest):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     stream: bool = Field(False, description="answer as server-sent events (text/event-stream)")
-    knowledgebase_ids: list[Annotated[SafeText, Field(max_length=256)]] | None = Field(None, max_length=100)
+    knowledgebase_ids: list[Annotated[SafeText, Field(max_length=256)]] | None = Field(
+        None, max_length=100, description="knowledge bases whose passages the search includes"
+    )
     internet_search: bool = False
     force_stop: bool = False
     use_mem_os_cube: bool = False

@@ -13,6 +13,7 @@ from memos_pipeline.ingest.accept import accept_add
 from memos_pipeline.jobs import reembed
 from memos_pipeline.schemas import AcceptJob, IngestJob
 from memos_pipeline.stages import chunk as pipeline
+from memos_pipeline.stages import document as document_stage
 from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 from workers.base import PipelineTask
@@ -30,6 +31,14 @@ def chunk(self: PipelineTask, payload: dict[str, Any]) -> None:
         return
     # Raw memories are already searchable by vector; BM25 and the LLM stages proceed in parallel.
     for stage in result.next_stages:
+        self.publish(lifecycle.STAGE_TASKS[stage], lifecycle.stage_payload(stage, job.ingest_id))
+
+
+@app.task(bind=True, base=PipelineTask, name="memos.chunker.document", max_retries=MAX_RETRIES, stage="document")
+def document(self: PipelineTask, payload: dict[str, Any]) -> None:
+    """A knowledge-base file: read, split into passages, embed, store (memos_pipeline.stages.document); then BM25."""
+    job = IngestJob.model_validate(payload)
+    for stage in document_stage.process_file(self.settings, get_embedder(self.settings), job.ingest_id):
         self.publish(lifecycle.STAGE_TASKS[stage], lifecycle.stage_payload(stage, job.ingest_id))
 
 

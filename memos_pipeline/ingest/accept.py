@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from memos_pipeline.config import Settings
 from memos_pipeline.ingest import lifecycle, outbox
 from memos_pipeline.schemas import AddRequest
-from memos_pipeline.storage import ingests
+from memos_pipeline.storage import ingests, knowledgebases
 from memos_pipeline.storage.db import session_scope
 
 
@@ -36,6 +36,11 @@ def accept_add(
     )
     task = lifecycle.STAGE_TASKS["chunker"]
     with session_scope(settings) as s:
+        if req.allow_knowledgebase_ids:
+            # Named bases must be the tenant's (UnknownKnowledgebase otherwise: a 422 from the API, a dead letter
+            # from the producer queue). Validated only: the add's memories are not written into them yet, which
+            # data.ignored says.
+            knowledgebases.require_bases(s, tenant_id, req.allow_knowledgebase_ids, "allow_knowledgebase_ids")
         acc = ingests.accept_ingest(
             s,
             tenant_id,

@@ -28,6 +28,10 @@ AFTER_CHUNK = ("indexer", "memreader", "preference")
 # A feedback (POST /add/feedback, ingest/feedback.py) is an ingest with this one stage: no messages, no chunker.
 FEEDBACK = "feedback"
 STAGE_TASKS[FEEDBACK] = "memos.memreader.feedback"
+# A knowledge-base file (storage/knowledgebases.py) is an ingest with two stages: ``document`` (read, split, embed,
+# store passages; on the chunker queue, whose workers hold the embedder) and then the usual ``indexer`` (BM25).
+DOCUMENT = "document"
+STAGE_TASKS[DOCUMENT] = "memos.chunker.document"
 
 
 TERMINAL = frozenset({"done", "skipped", "failed", "dead_lettered"})
@@ -56,6 +60,10 @@ def initial_stages(*, llm: bool, scheduler: bool, preference: bool) -> dict[str,
 
 def feedback_stages() -> dict[str, dict[str, Any]]:
     return {FEEDBACK: {"status": "pending"}}
+
+
+def document_stages() -> dict[str, dict[str, Any]]:
+    return {DOCUMENT: {"status": "pending"}, "indexer": {"status": "pending"}}
 
 
 def overall_status(stages: dict[str, Any]) -> str:
@@ -122,6 +130,12 @@ def stage_to_resume(stages: dict[str, Any]) -> str | None:
     """
     if FEEDBACK in stages:
         return None if stages[FEEDBACK].get("status") in TERMINAL else FEEDBACK
+    if DOCUMENT in stages:  # a knowledge-base file: its passages first, then BM25 (nothing once one failed)
+        if stages[DOCUMENT].get("status") not in TERMINAL:
+            return DOCUMENT
+        if stages[DOCUMENT].get("status") != "done":
+            return None
+        return None if stages.get("indexer", {}).get("status") in TERMINAL else "indexer"
     stage = next((st for st in STAGES if stages.get(st, {}).get("status") not in TERMINAL), None)
     if stage is not None and stage != "chunker" and stages.get("chunker", {}).get("status") != "done":
         return "chunker"

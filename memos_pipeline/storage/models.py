@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -285,3 +286,43 @@ class Extraction(Base):
     usage: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
     created_at: Mapped[dt.datetime] = _now()
     __table_args__ = (UniqueConstraint("ingest_id", "stage", "batch_idx", name="uq_extractions_ingest_stage_batch"),)
+
+
+class KnowledgeBase(Base):
+    """A tenant's knowledge base (MemOS's /create/knowledgebase). Its passages are memories of kind ``document``
+    whose ``user_id`` is the base's scope (``kb:<id>``, storage/knowledgebases.py), so search reads a base the way
+    it reads a user."""
+
+    __tablename__ = "knowledgebases"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | deleted
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (Index("ix_knowledgebases_tenant", "tenant_id", "status", "created_at"),)
+
+
+class KnowledgeBaseFile(Base):
+    """A file of a knowledge base, its bytes kept as received: the durable half of an upload. Its processing is an
+    ingest (``ingest_id``: stages ``document`` and ``indexer``), whose status is the file's."""
+
+    __tablename__ = "knowledgebase_files"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    knowledgebase_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("knowledgebases.id", ondelete="CASCADE"))
+    ingest_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ingests.id", ondelete="SET NULL"))
+    name: Mapped[str] = mapped_column(String(512))
+    format: Mapped[str] = mapped_column(String(16))  # text | markdown | html | pdf
+    content_type: Mapped[str] = mapped_column(String(128), default="")
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only by the document stage
+    content_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | deleted
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (
+        Index("ix_knowledgebase_files_base", "knowledgebase_id", "status", "created_at"),
+        Index("ix_knowledgebase_files_tenant_hash", "tenant_id", "content_hash"),
+    )

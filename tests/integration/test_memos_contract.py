@@ -308,8 +308,10 @@ def test_add_message_exactly_as_the_client_sends_it(
 
 
 def test_add_message_with_every_field_set(api: Api, settings: Settings, tenant: tuple[uuid.UUID, str]) -> None:
-    """Fields we do not implement (public memories, knowledge bases, memory views) are accepted and reported in
-    data.ignored, never applied; the ones we do are stored with the ingest. async_mode false waits for the chain."""
+    """Fields we do not implement (public memories, writing into knowledge bases, memory views) are accepted and
+    reported in data.ignored, never applied (a named base must exist); the ones we do are stored with the ingest.
+    async_mode false waits for the chain."""
+    kb_id = api.post("/create/knowledgebase", {"knowledgebase_name": "kb1", "knowledgebase_description": None}).json()
     body = add_body(
         TRIP,
         "u1",
@@ -319,7 +321,7 @@ def test_add_message_with_every_field_set(api: Api, settings: Settings, tenant: 
         app_id="app1",
         agent_id="a1",
         allow_public=True,
-        allow_knowledgebase_ids=["kb1"],
+        allow_knowledgebase_ids=[kb_id["data"]["id"]],
         allow_memory_view=True,
         tags=["travel"],
         async_mode=False,
@@ -439,11 +441,10 @@ def test_search_reports_what_it_ignored(api: Api, seeded: dict[str, str]) -> Non
         None,
         include_tool_memory=True,
         include_skill=True,
-        knowledgebase_ids=["kb1"],
         include_memory_view=True,
     )
     data = api.ok("/search/memory", body, SearchResponse).model_dump()["data"]
-    assert set(data["ignored"]) == {"include_tool_memory", "include_skill", "knowledgebase_ids", "include_memory_view"}
+    assert set(data["ignored"]) == {"include_tool_memory", "include_skill", "include_memory_view"}
     assert data["tool_memory_detail_list"] == [] and data["skill_detail_list"] == []
 
 
