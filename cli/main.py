@@ -271,5 +271,9 @@ from cli.flower import flower as _flower  # noqa: E402
 
 main.add_command(_flower)
 
+from cli.kb import import_kb as _import_kb  # noqa: E402
+
+main.add_command(_import_kb)
+
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from helpers import wait_for
 from kb_files import corrupt_pdf, make_pdf
 from sqlalchemy import func, select
 
+from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
 from memos_pipeline.kb_schemas import MAX_FILE_BYTES
 from memos_pipeline.storage import tenants
@@ -309,3 +311,33 @@ def test_get_knowledgebase_file_validates_its_body(
     data = post(client, auth, "/get/knowledgebase-file", {"knowledgebase_id": kb_id, "type": "skill"})["data"]
     assert data == {**data, "file_detail_list": [], "total": 0, "page": 1, "page_size": 20}
     post(client, auth, "/create/knowledgebase", {"knowledgebase_name": ""}, 422)
+
+
+def test_import_kb_imports_a_directory_and_a_rerun_skips_it(
+    workers: Settings, client: FlaskClient, tmp_path: Path
+) -> None:
+    """`memos-pipeline import-kb`'s work (cli/kb.py) on the session's workers: supported files accepted and
+    processed, the others listed with the reason, a second run stores nothing again."""
+    from cli.kb import import_dir, wait_processed
+
+    name = f"importer-{uuid.uuid4().hex[:8]}"
+    with session_scope(workers) as s:
+        _, key = tenants.create_api_key(s, name, "test")
+    auth = {"Authorization": f"Token {key}"}
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "guide.md").write_text(GUIDE_MD)
+    (tmp_path / "sub" / "notes.txt").write_text(NOTES_TXT)
+    (tmp_path / "sub" / "log.pdf").write_bytes(make_pdf([["The albatross nested on the radio mast in March."]]))
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")  # not a supported suffix: not even looked at
+    sender = make_celery(workers)
+    summary = import_dir(workers, sender, name, tmp_path, "imported", progress=False)
+    assert (summary["files_seen"], summary["accepted"], summary["duplicates"]) == (4, 3, 0)
+    assert summary["rejected"] == [{"file": "empty.txt", "reason": "the file is empty"}]
+    assert wait_processed(workers, name, summary["file_ids"], 120, progress=False) == {"done": 3}
+    found = search(client, auth, "where did the albatross nest", [summary["knowledgebase_id"]])
+    assert "radio mast" in found["memory_detail_list"][0]["memory_value"]
+    again = import_dir(workers, sender, name, tmp_path, "imported", progress=False)
+    assert again["knowledgebase_id"] == summary["knowledgebase_id"]
+    assert (again["accepted"], again["duplicates"]) == (0, 3)
+    assert len(files_of(client, auth, summary["knowledgebase_id"])) == 3
