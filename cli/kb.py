@@ -132,3 +132,13 @@ def import_kb(directory: Path, kb_name: str, tenant: str, description: str, wait
     if wait:
         summary["status"] = wait_processed(settings, tenant, summary["file_ids"], timeout)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "file_ids"}, indent=2, ensure_ascii=False))
+
+
+@click.command("bench-kb")
+@click.option("--pages", default=200, show_default=True, help="Pages of the PDF uploaded.")
+def bench_kb(pages: int) -> None:
+    """Knowledge-base benchmark on a stack of its own: a PDF of PAGES pages of prose uploaded over HTTP and timed
+    until its passages are searchable; prints JSON (pages/s end to end, stage times, search latency with the base)."""
+    from evaluation.kb_bench import run_kb_bench
+
+    click.echo(json.dumps(run_kb_bench(get_settings(), pages=pages), indent=2))

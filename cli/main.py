@@ -271,9 +271,11 @@ from cli.flower import flower as _flower  # noqa: E402
 
 main.add_command(_flower)
 
+from cli.kb import bench_kb as _bench_kb  # noqa: E402
 from cli.kb import import_kb as _import_kb  # noqa: E402
 
 main.add_command(_import_kb)
+main.add_command(_bench_kb)
 
 if __name__ == "__main__":
     main()

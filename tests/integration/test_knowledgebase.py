@@ -18,6 +18,7 @@ from helpers import wait_for
 from kb_files import corrupt_pdf, make_pdf
 from sqlalchemy import func, select
 
+from cli.harness import Isolated
 from memos_pipeline.celery_app import make_celery
 from memos_pipeline.config import Settings
 from memos_pipeline.kb_schemas import MAX_FILE_BYTES
@@ -341,3 +342,13 @@ def test_import_kb_imports_a_directory_and_a_rerun_skips_it(
     assert again["knowledgebase_id"] == summary["knowledgebase_id"]
     assert (again["accepted"], again["duplicates"]) == (0, 3)
     assert len(files_of(client, auth, summary["knowledgebase_id"])) == 3
+
+
+def test_the_knowledge_base_benchmark_measures_a_small_pdf(http_stack: Isolated) -> None:
+    """`memos-pipeline bench-kb`'s measurement on the session's stack, with a few pages (the README's number is
+    for 200)."""
+    from evaluation.kb_bench import run_kb_bench
+
+    out = run_kb_bench(http_stack.settings, pages=3, on=http_stack, timeout=120)
+    assert out["pages"] == 3 and out["passages"] >= 3 and out["pages_per_s"] > 0
+    assert out["document_stage_ms"]["embed_ms"] > 0 and out["search_with_base_ms"]["p50"] > 0
