@@ -276,8 +276,9 @@ def stage_timings(settings: Settings, ingest_ids: list[str]) -> dict[str, Any]:
             "chunker",
             "chunker_embed",
             "chunker_other",
-            "indexer_queue_wait",
             "indexer",
+            "accepted_to_indexed",
+            "accepted_to_vectors",
             "accepted_to_done",
         )
     }
@@ -289,8 +290,11 @@ def stage_timings(settings: Settings, ingest_ids: list[str]) -> dict[str, Any]:
                 "chunker": float(c["ms"]),
                 "chunker_embed": float(c["embed_ms"]),
                 "chunker_other": float(c["ms"]) - float(c["embed_ms"]),
-                "indexer_queue_wait": (ts(x["started_at"]) - ts(c["finished_at"])) * 1000,
                 "indexer": float(x["ms"]),
+                # The indexer starts once the windows are stored, before their vectors (stages/chunk.py): from
+                # the accept's commit to keyword-searchable, and to searchable by meaning as well.
+                "accepted_to_indexed": (ts(x["finished_at"]) - float(created)) * 1000,
+                "accepted_to_vectors": (ts(c["finished_at"]) - float(created)) * 1000,
                 "accepted_to_done": (float(finished) - float(created)) * 1000,
             }
         except (KeyError, TypeError, ValueError):
@@ -551,7 +555,9 @@ def run_bench(
             "ingest_msgs_per_s: messages / (first add sent -> last ingest status done, from ingests.finished_at).",
             "time_to_searchable_ms: measured on an idle pipeline (flood drained, one probe add at a time, each "
             "waited to done before the next), separately from the flood: from the 202 until a POST /search/memory "
-            "for the probe's unique marker word returns a memory whose sources hold the marked message's client id.",
+            "for the probe's unique marker word returns a memory whose sources hold the marked message's client id. "
+            "A marker word is found by BM25, which indexes the windows before their vectors are written: "
+            "details.stages_idle_probes_ms.accepted_to_vectors is when the same add is searchable by meaning too.",
             "search_fast_ms: POST /search/memory (mode fast, top_k 10) one at a time after ingest drained, "
             f"after {WARMUP_SEARCHES} unrecorded warm-ups.",
             "search_floor_ms and embed_only_*: in the bench process with the same embedder, run after ingest "

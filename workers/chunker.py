@@ -26,10 +26,15 @@ log = logging.getLogger("memos.workers.chunker")
 @app.task(bind=True, base=PipelineTask, name="memos.chunker.chunk", max_retries=MAX_RETRIES, stage="chunker")
 def chunk(self: PipelineTask, payload: dict[str, Any]) -> None:
     job = IngestJob.model_validate(payload)
-    result = pipeline.chunk_ingest(self.settings, get_embedder(self.settings), job.ingest_id)
+
+    def index_now() -> None:  # the windows are stored: BM25 indexes them while they are being embedded
+        self.publish(
+            lifecycle.STAGE_TASKS[lifecycle.AFTER_STORE], lifecycle.stage_payload(lifecycle.AFTER_STORE, job.ingest_id)
+        )
+
+    result = pipeline.chunk_ingest(self.settings, get_embedder(self.settings), job.ingest_id, on_stored=index_now)
     if result is None:
         return
-    # Raw memories are already searchable by vector; BM25 and the LLM stages proceed in parallel.
     for stage in result.next_stages:
         self.publish(lifecycle.STAGE_TASKS[stage], lifecycle.stage_payload(stage, job.ingest_id))
 

@@ -24,7 +24,10 @@ STAGE_TASKS: dict[str, str] = {
     "memreader": "memos.memreader.extract",
     "preference": "memos.preference.extract",
 }
-AFTER_CHUNK = ("indexer", "memreader", "preference")
+# The chunker stores the windows, publishes the indexer (keyword-searchable before the vectors exist), embeds, and
+# then publishes the LLM stages, which read what it wrote.
+AFTER_STORE = "indexer"
+AFTER_CHUNK = ("memreader", "preference")
 # A feedback (POST /add/feedback, ingest/feedback.py) is an ingest with this one stage: no messages, no chunker.
 FEEDBACK = "feedback"
 STAGE_TASKS[FEEDBACK] = "memos.memreader.feedback"
@@ -117,9 +120,9 @@ def stage_payload(stage: str, ingest_id: uuid.UUID) -> dict[str, Any]:
 
 
 def next_stages(stages: dict[str, Any]) -> list[str]:
-    """What the chunker publishes once the raw memories are stored: the indexer, and every LLM stage still pending
-    (a skipped one, no LLM or switched off, is not sent)."""
-    return [st for st in AFTER_CHUNK if st == "indexer" or stages.get(st, {}).get("status") not in TERMINAL]
+    """What the chunker publishes once the raw memories have their vectors: every LLM stage still pending (a
+    skipped one, no LLM or switched off, is not sent). The indexer went out when they were stored."""
+    return [st for st in AFTER_CHUNK if stages.get(st, {}).get("status") not in TERMINAL]
 
 
 def stage_to_resume(stages: dict[str, Any]) -> str | None:

@@ -119,12 +119,14 @@ def fast_search(
     by_id: dict[str, Memory] = {}
     cosine: dict[str, float] = {}
     if use_dense:
-        rows = session.execute(scoped.order_by(distance).limit(n_cand)).all()
+        # A window is stored before its vector is written (stages/chunk.py): until then only BM25 finds it.
+        rows = session.execute(scoped.where(Memory.embedding.isnot(None)).order_by(distance).limit(n_cand)).all()
         if not exact and len(rows) < n_cand:
             # The index walk stopped early (hnsw.max_scan_tuples: a large scope that is still a small part of a
             # much larger table): rank the scope exactly instead of returning too few candidates.
             exact_distance = _distance(Memory.embedding, qvec, True)
             exact_scoped = _scoped(job).options(defer(Memory.embedding)).add_columns(exact_distance)
+            exact_scoped = exact_scoped.where(Memory.embedding.isnot(None))
             rows = session.execute(exact_scoped.order_by(exact_distance).limit(n_cand)).all()
         for m, d in rows:
             # 1 - d in Python is the same IEEE double Postgres computed for the old ``1 - distance`` column.
@@ -148,7 +150,9 @@ def fast_search(
         if missing:
             # Re-read through the scoped query: Postgres, not the index, decides what may be returned.
             for m, d in session.execute(scoped.where(Memory.id.in_(missing))):
-                by_id[str(m.id)], cosine[str(m.id)] = m, 1.0 - float(d)
+                by_id[str(m.id)] = m
+                if d is not None:  # no vector yet: a keyword hit only
+                    cosine[str(m.id)] = 1.0 - float(d)
         bm25_scores = {i: s for i, s in bm25_scores.items() if i in by_id}
         clock.lap("bm25")
     dense_scores = cosine if use_dense else {}

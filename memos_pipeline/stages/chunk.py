@@ -1,5 +1,10 @@
-"""The chunk stage: an ingest's turns cut into windows (the raw memories), embedded and stored; from here on they
-are searchable by vector. The worker publishes what comes next (``lifecycle.next_stages``).
+"""The chunk stage: an ingest's turns cut into windows (the raw memories), stored, then embedded.
+
+Two steps, two transactions. The windows are stored first, without vectors, and the caller's ``on_stored`` runs
+(the worker publishes the indexer): BM25 makes them keyword-searchable while the model is still embedding them,
+which is most of the stage's time (about 25 ms per turn on a core here). Then their vectors are written and they
+are searchable by meaning too; the dense recall skips a row without one. The worker then publishes what comes next
+(``lifecycle.next_stages``: the LLM stages, which read what this stage wrote).
 
 Idempotent: it re-reads its ingest by id, computes what is missing and upserts on natural keys, so a redelivered
 task (worker killed, broker restarted) converges to the same rows.
@@ -31,10 +36,10 @@ log = logging.getLogger(__name__)
 class ChunkResult:
     ingest_id: uuid.UUID
     memory_ids: list[uuid.UUID]
-    next_stages: list[str]  # what the caller publishes now (lifecycle.next_stages): the indexer, pending LLM stages
+    next_stages: list[str]  # what the caller publishes now (lifecycle.next_stages): the pending LLM stages
 
 
-def _raw_row(w: Window, vector: list[float]) -> dict[str, object]:
+def _raw_row(w: Window) -> dict[str, object]:
     return {
         "chunk_idx": w.chunk_idx,
         "memory_key": w.key,
@@ -42,13 +47,15 @@ def _raw_row(w: Window, vector: list[float]) -> dict[str, object]:
         "sources": w.sources,
         "source_message_ids": [uuid.UUID(m) for m in w.message_ids],
         "info": w.info,
-        "embedding": vector,
         "content_hash": db.content_hash(w.text),
     }
 
 
-def chunk_ingest(settings: Settings, embedder: Embedder, ingest_id: uuid.UUID) -> ChunkResult | None:
-    """Window the ingest's messages, embed the windows in one batch, store them as raw memories."""
+def chunk_ingest(
+    settings: Settings, embedder: Embedder, ingest_id: uuid.UUID, on_stored: Callable[[], None] | None = None
+) -> ChunkResult | None:
+    """Window the ingest's messages and store them as raw memories; ``on_stored()``; embed the windows in one
+    batch and write their vectors."""
     t0 = time.perf_counter()
     with session_scope(settings) as s:
         ingest = ingests.get_ingest(s, ingest_id)
@@ -57,7 +64,10 @@ def chunk_ingest(settings: Settings, embedder: Embedder, ingest_id: uuid.UUID) -
             return None
         lifecycle.mark_stage(s, ingest_id, "chunker", "running")
         turns, ctx = ingests.ingest_turns(s, ingest, settings.chunk_overlap)
-    windows = window_turns(turns, size=settings.chunk_turns, overlap=settings.chunk_overlap, context=ctx)
+        windows = window_turns(turns, size=settings.chunk_turns, overlap=settings.chunk_overlap, context=ctx)
+        ids = memory_rows.upsert_raw_memories(s, ingest, [_raw_row(w) for w in windows])
+    if on_stored is not None:
+        on_stored()
     # Embedding happens outside any transaction: no connection is held while the CPU works.
     t_embed = time.perf_counter()
 
@@ -67,8 +77,8 @@ def chunk_ingest(settings: Settings, embedder: Embedder, ingest_id: uuid.UUID) -
             ingest = ingests.get_ingest(s, ingest_id)
             if ingest is None:
                 return None
-            ids = memory_rows.upsert_raw_memories(
-                s, ingest, [_raw_row(w, v.tolist()) for w, v in zip(windows, vectors, strict=True)]
+            memory_rows.set_raw_vectors(
+                s, ingest_id, {w.chunk_idx: v.tolist() for w, v in zip(windows, vectors, strict=True)}
             )
             embedders.require_active(s, model_version)  # a reembed swapped meanwhile: embed again (below)
             lifecycle.mark_stage(

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -39,6 +39,18 @@ def upsert_raw_memories(session: Session, ingest: Ingest, rows: Sequence[dict[st
         select(Memory.id).where(Memory.ingest_id == ingest.id, Memory.kind == "raw").order_by(Memory.chunk_idx)
     ).scalars()
     return list(ids)
+
+
+def set_raw_vectors(session: Session, ingest_id: uuid.UUID, vectors: dict[int, list[float]]) -> None:
+    """The vectors of an ingest's raw windows, by chunk index (stored without them first: see stages/chunk.py)."""
+    if vectors:
+        stmt = (
+            update(Memory)
+            .where(Memory.ingest_id == ingest_id, Memory.kind == "raw", Memory.chunk_idx == bindparam("idx"))
+            .values(embedding=bindparam("vec", type_=Memory.embedding.type))
+        )
+        # One statement executed for every window; on the connection: a plain UPDATE, not the ORM's bulk-by-key form.
+        session.connection().execute(stmt, [{"idx": i, "vec": v} for i, v in vectors.items()])
 
 
 def memories_of_ingest(session: Session, ingest_id: uuid.UUID) -> list[Memory]:

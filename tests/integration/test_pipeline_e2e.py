@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -288,3 +289,58 @@ def test_search_nul_is_a_422_not_a_500(
     resp = client.post("/search/memory", json=body, headers=auth)
     assert resp.status_code == 422, resp.get_data(as_text=True)
     assert resp.get_json()["code"] == 42201
+
+
+def test_windows_are_keyword_searchable_before_their_vectors(settings: Settings, tmp_path: Path) -> None:
+    """The chunk stage stores the windows first (the worker publishes the indexer then) and writes their vectors
+    after embedding: in between, BM25 finds them, the dense recall skips them, and a search mixing both works."""
+    from memos_pipeline.ingest import lifecycle
+    from memos_pipeline.schemas import AddRequest, SearchJob
+    from memos_pipeline.search.recall import fast_search
+    from memos_pipeline.stages import index as index_stage
+    from memos_pipeline.storage import ingests
+    from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex
+
+    with session_scope(settings) as s:
+        tenant_id, _ = tenants.create_api_key(s, f"twostep-{uuid.uuid4().hex[:8]}")
+    req = AddRequest(
+        user_id="u",
+        conversation_id="c",
+        messages=[
+            {"role": "user", "content": "My quokka Zanzibar sleeps in the laundry basket."},
+            {"role": "assistant", "content": "A cosy spot for a quokka!"},
+        ],
+    )
+    stages = lifecycle.initial_stages(llm=False, scheduler=False, preference=False)
+    with session_scope(settings) as s:  # accepted but never published: this test runs the stages itself
+        acc = ingests.accept_ingest(
+            s, tenant_id, req, trace_id="twostep", stages=stages, task_name="memos.chunker.chunk"
+        )
+    index = TantivyIndex(tmp_path / "bm25", writer=True)
+    embedder = get_embedder(settings)
+
+    def found(channels: list[str]) -> list[str]:
+        job = SearchJob(tenant_id=tenant_id, user_id="u", query="quokka Zanzibar", top_k=5, channels=channels)
+        with session_scope(settings) as s:
+            return [m["memory_value"] for m in fast_search(s, embedder, index, job).memories]
+
+    seen: dict[str, Any] = {}
+
+    def on_stored() -> None:
+        with session_scope(settings) as s:
+            seen["vectors"] = s.execute(
+                select(func.count(Memory.embedding)).where(Memory.ingest_id == acc.ingest_id)
+            ).scalar_one()
+        index_stage.index_ingest(settings, index, acc.ingest_id)
+        seen["bm25"], seen["dense"], seen["both"] = found(["bm25"]), found(["dense"]), found(["dense", "bm25"])
+
+    result = pipeline.chunk_ingest(settings, embedder, acc.ingest_id, on_stored=on_stored)
+    assert result is not None and result.next_stages == []  # the LLM stages are skipped here; no indexer again
+    assert seen["vectors"] == 0
+    assert seen["dense"] == [] and any("Zanzibar" in v for v in seen["bm25"]) and seen["both"] == seen["bm25"]
+    with session_scope(settings) as s:
+        assert s.execute(
+            select(func.count(Memory.embedding)).where(Memory.ingest_id == acc.ingest_id)
+        ).scalar_one() == len(result.memory_ids)
+        assert ingests.get_ingest(s, acc.ingest_id).status == "done"  # type: ignore[union-attr]
+    assert any("Zanzibar" in v for v in found(["dense"]))
