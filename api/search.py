@@ -30,6 +30,7 @@ from memos_pipeline.search import replies
 from memos_pipeline.search.recall import PREFERENCE_NOTE
 from memos_pipeline.search.rerank import merge_fine_into_fast, mixture_cache_key
 from memos_pipeline.storage import knowledgebases as kb
+from memos_pipeline.storage import tools as tool_rows
 from memos_pipeline.storage.db import session_scope
 
 bp = Blueprint("search", __name__)
@@ -233,6 +234,21 @@ def merge_passages(
     return sorted(found, key=lambda m: -(m.get("relativity") or 0.0))[:top_k]
 
 
+def tool_memory_job(job: SearchJob, req: SearchRequest) -> SearchJob | None:
+    """The search of the user's tool memories (storage/tools.py) when ``include_tool_memory`` asks for them: the
+    same query, filters and conversation, in the user's tool scope, ``tool_memory_limit_number`` (6) of them."""
+    limit = 6 if req.tool_memory_limit_number is None else req.tool_memory_limit_number
+    if not req.include_tool_memory or limit == 0:
+        return None
+    update = {"user_id": tool_rows.scope(job.user_id), "top_k": limit, "pref_top_k": 0, "include_preference": False}
+    return job.model_copy(update=update)
+
+
+def tool_memories(replies: list[_Reply], timeout: float) -> list[dict[str, Any]]:
+    found = merge_passages([], replies, 100, timeout)
+    return [tool_rows.tool_item(m) for m in found]
+
+
 @bp.post("/search/memory")
 def search_memory() -> tuple[Response, int]:
     return ok(run(settings(), body(SearchRequest)))
@@ -255,6 +271,8 @@ def run(cfg: Settings, req: SearchRequest) -> dict[str, Any]:
     )
     app, mode = celery_app(), req.mode or cfg.search_mode
     bases = search_knowledgebases(app, knowledgebase_jobs(job, req.knowledgebase_ids), cfg.search_timeout_s)
+    tool_job = tool_memory_job(job, req)
+    tools = search_knowledgebases(app, [tool_job] if tool_job else [], cfg.search_timeout_s)
     info: dict[str, Any] = {"mode": mode}
     if mode == "mixture":
         out, info = _mixture(cfg, app, job)
@@ -282,7 +300,7 @@ def run(cfg: Settings, req: SearchRequest) -> dict[str, Any]:
     }
     # Asked-for kinds we do not have yet: an empty list (and the flag in ignored), rather than no key at all.
     if req.include_tool_memory:
-        data["tool_memory_detail_list"] = []
+        data["tool_memory_detail_list"] = tool_memories(tools, cfg.search_timeout_s)
     if req.include_skill:
         data["skill_detail_list"] = []
     return data

@@ -113,12 +113,48 @@ class _ClientRequest(_Strict):
         return sorted([*unsupported, *self._unknown])
 
 
+class ToolFunctionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    name: SafeText = Field(min_length=1, max_length=256)
+    arguments: Annotated[str | dict[str, Any] | None, AfterValidator(_no_nul_deep)] = Field(
+        None, description="the call's input: a JSON string (OpenAI) or an object"
+    )
+
+
+class ToolCallIn(BaseModel):
+    """One tool call of an assistant message, in OpenAI's shape (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    id: SafeText | None = Field(None, max_length=256)
+    type: SafeText | None = Field(None, max_length=32)
+    function: ToolFunctionIn
+
+
 class MessageIn(_Strict):
     role: Literal["user", "assistant", "system", "tool"]
     content: SafeText = Field(min_length=1)
     chat_time: SafeText | None = Field(None, max_length=64)
     id: SafeText | None = Field(None, min_length=1, max_length=256, description="client message id, echoed in sources")
     name: SafeText | None = Field(None, max_length=256, description="speaker name; defaults to the role")
+    tool_calls: list[ToolCallIn] | None = Field(
+        None, max_length=50, description="an assistant's tool calls (OpenAI's shape): they become tool memory"
+    )
+    tool_call_id: SafeText | None = Field(None, max_length=256, description="a tool message: the call it answers")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _calls_are_the_content(cls, data: Any) -> Any:
+        # An assistant message that only calls tools has no content (null or ""); its calls are then its text, so
+        # the conversation's windows show them.
+        if isinstance(data, dict) and data.get("tool_calls") and not str(data.get("content") or "").strip():
+            calls = data["tool_calls"] if isinstance(data["tool_calls"], list) else []
+            shown = [
+                f"{(c.get('function') or {}).get('name', '?')}({(c.get('function') or {}).get('arguments') or ''})"
+                for c in calls
+                if isinstance(c, dict)
+            ]
+            data = {**data, "content": "calls " + "; ".join(shown) if shown else None}
+        return data
 
     @field_validator("content")
     @classmethod
@@ -185,7 +221,6 @@ class SearchRequest(_ClientRequest):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
     ALIASES: ClassVar[dict[str, str]] = {"memory_limit_number": "top_k", "preference_limit_number": "pref_top_k"}
     UNSUPPORTED: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "include_tool_memory": (False,),
         "include_skill": (False,),
         "include_memory_view": (False,),
         "context_format": ("memory",),
@@ -209,9 +244,11 @@ class SearchRequest(_ClientRequest):
     knowledgebase_ids: list[Annotated[SafeText, Field(max_length=256)]] | None = Field(
         None, max_length=100, description="knowledge bases whose passages the search includes (api/knowledgebase.py)"
     )
-    # Accepted for the MemOS client: tool memories, skills and memory views are not built yet.
-    include_tool_memory: bool = False
-    tool_memory_limit_number: int | None = Field(None, ge=0, le=100)
+    include_tool_memory: bool = Field(
+        False, description="also return the user's tool memories (tool_memory_detail_list)"
+    )
+    tool_memory_limit_number: int | None = Field(None, ge=0, le=100, description="how many tool memories (6)")
+    # Accepted for the MemOS client: skills and memory views are not built yet.
     include_skill: bool = False
     skill_limit_number: int | None = Field(None, ge=0, le=100)
     include_memory_view: bool = False

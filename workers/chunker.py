@@ -14,6 +14,7 @@ from memos_pipeline.jobs import reembed
 from memos_pipeline.schemas import AcceptJob, IngestJob
 from memos_pipeline.stages import chunk as pipeline
 from memos_pipeline.stages import document as document_stage
+from memos_pipeline.stages import tools as tools_stage
 from memos_pipeline.storage import tenants
 from memos_pipeline.storage.db import session_scope
 from workers.base import PipelineTask
@@ -44,6 +45,14 @@ def document(self: PipelineTask, payload: dict[str, Any]) -> None:
     """A knowledge-base file: read, split into passages, embed, store (memos_pipeline.stages.document); then BM25."""
     job = IngestJob.model_validate(payload)
     for stage in document_stage.process_file(self.settings, get_embedder(self.settings), job.ingest_id):
+        self.publish(lifecycle.STAGE_TASKS[stage], lifecycle.stage_payload(stage, job.ingest_id))
+
+
+@app.task(bind=True, base=PipelineTask, name="memos.chunker.tools", max_retries=MAX_RETRIES, stage="tools")
+def tools(self: PipelineTask, payload: dict[str, Any]) -> None:
+    """An add's tool calls and results as tool memories (memos_pipeline.stages.tools); then BM25."""
+    job = IngestJob.model_validate(payload)
+    for stage in tools_stage.process_tools(self.settings, get_embedder(self.settings), job.ingest_id):
         self.publish(lifecycle.STAGE_TASKS[stage], lifecycle.stage_payload(stage, job.ingest_id))
 
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from memos_pipeline.config import Settings
 from memos_pipeline.ingest import lifecycle, outbox
 from memos_pipeline.schemas import AddRequest
-from memos_pipeline.storage import ingests, knowledgebases
+from memos_pipeline.storage import ingests, knowledgebases, tools
 from memos_pipeline.storage.db import session_scope
+from memos_pipeline.text.tools import tool_events
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,14 @@ def accept_add(
             content_key=ingests.add_content_key(req),
             dedup_window_s=settings.add_dedup_window_s,
         )
-    return publish_accepted(settings, sender, acc, "chunker", trace_id)
+        # Tool calls and their results become tool memory (storage/tools.py): an ingest of their own, committed
+        # with the add (a retried add, a duplicate, makes none).
+        events = [] if acc.duplicate else tool_events([m.model_dump() for m in req.messages])
+        tool_acc = tools.accept_tools(s, tenant_id, req, acc, events, trace_id) if events else None
+    result = publish_accepted(settings, sender, acc, "chunker", trace_id)
+    if tool_acc is not None:
+        publish_accepted(settings, sender, tool_acc, lifecycle.TOOLS, trace_id)
+    return result
 
 
 def publish_accepted(

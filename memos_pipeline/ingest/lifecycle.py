@@ -35,6 +35,10 @@ STAGE_TASKS[FEEDBACK] = "memos.memreader.feedback"
 # store passages; on the chunker queue, whose workers hold the embedder) and then the usual ``indexer`` (BM25).
 DOCUMENT = "document"
 STAGE_TASKS[DOCUMENT] = "memos.chunker.document"
+# An add's tool calls and results (text/tools.py) are an ingest of their own in the same way: ``tools`` (embed and
+# store the tool memories, memos.chunker.tools) and then the ``indexer``.
+TOOLS = "tools"
+STAGE_TASKS[TOOLS] = "memos.chunker.tools"
 
 
 TERMINAL = frozenset({"done", "skipped", "failed", "dead_lettered"})
@@ -65,8 +69,9 @@ def feedback_stages() -> dict[str, dict[str, Any]]:
     return {FEEDBACK: {"status": "pending"}}
 
 
-def document_stages() -> dict[str, dict[str, Any]]:
-    return {DOCUMENT: {"status": "pending"}, "indexer": {"status": "pending"}}
+def document_stages(first: str = DOCUMENT) -> dict[str, dict[str, Any]]:
+    """A knowledge-base file's stages (or, with ``first=TOOLS``, an add's tool memory's)."""
+    return {first: {"status": "pending"}, "indexer": {"status": "pending"}}
 
 
 def overall_status(stages: dict[str, Any]) -> str:
@@ -133,12 +138,13 @@ def stage_to_resume(stages: dict[str, Any]) -> str | None:
     """
     if FEEDBACK in stages:
         return None if stages[FEEDBACK].get("status") in TERMINAL else FEEDBACK
-    if DOCUMENT in stages:  # a knowledge-base file: its passages first, then BM25 (nothing once one failed)
-        if stages[DOCUMENT].get("status") not in TERMINAL:
-            return DOCUMENT
-        if stages[DOCUMENT].get("status") != "done":
-            return None
-        return None if stages.get("indexer", {}).get("status") in TERMINAL else "indexer"
+    for first in (DOCUMENT, TOOLS):  # a knowledge-base file or tool memory: its rows first, then BM25
+        if first in stages:
+            if stages[first].get("status") not in TERMINAL:
+                return first
+            if stages[first].get("status") != "done":
+                return None  # it failed: nothing to index
+            return None if stages.get("indexer", {}).get("status") in TERMINAL else "indexer"
     stage = next((st for st in STAGES if stages.get(st, {}).get("status") not in TERMINAL), None)
     if stage is not None and stage != "chunker" and stages.get("chunker", {}).get("status") != "done":
         return "chunker"

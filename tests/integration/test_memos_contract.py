@@ -444,7 +444,7 @@ def test_search_reports_what_it_ignored(api: Api, seeded: dict[str, str]) -> Non
         include_memory_view=True,
     )
     data = api.ok("/search/memory", body, SearchResponse).model_dump()["data"]
-    assert set(data["ignored"]) == {"include_tool_memory", "include_skill", "include_memory_view"}
+    assert set(data["ignored"]) == {"include_skill", "include_memory_view"}  # tool memory is served (none here)
     assert data["tool_memory_detail_list"] == [] and data["skill_detail_list"] == []
 
 

@@ -1,0 +1,103 @@
+"""Tool memory rows: an add's tool calls and their results (memos_pipeline/text/tools.py), one memory each, of kind
+``tool`` in the user's tool scope (``tool:<user_id>``).
+
+A scope of their own, as a knowledge base has (storage/knowledgebases.py): the unchanged recall never mixes them
+into ``memory_detail_list``, and a search with ``include_tool_memory`` reads them with one more fast search of that
+scope. The events are made at accept time (no LLM; pure) and kept, with the add's agent, app, tags and info, in an
+ingest of their own (stages ``tools`` and ``indexer``), committed in the add's transaction with its outbox row:
+durable like the add, resumed by the sweeper like any ingest. ``origin_ingest_id`` names the add.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from memos_pipeline.ingest import lifecycle
+from memos_pipeline.schemas import AddRequest
+from memos_pipeline.storage.ingests import Accepted
+from memos_pipeline.storage.models import Ingest, Memory, OutboxItem
+from memos_pipeline.text.tools import ToolEvent
+
+SCOPE_PREFIX = "tool:"
+TOOL_KIND = "tool"
+TOOL_TYPE = "ToolMemory"
+
+
+def scope(user_id: str) -> str:
+    """The ``user_id`` a user's tool memories are stored and searched under."""
+    return f"{SCOPE_PREFIX}{user_id}"
+
+
+def accept_tools(
+    session: Session, tenant_id: uuid.UUID, req: AddRequest, add: Accepted, events: list[ToolEvent], trace_id: str
+) -> Accepted:
+    """The tool ingest of an add just accepted, in the add's transaction: its events, ingest row and outbox row."""
+    ingest_id, task_id = uuid.uuid4(), str(uuid.uuid4())
+    meta = {k: v for k, v in req.model_dump(include={"agent_id", "app_id", "source", "tags", "info"}).items() if v}
+    session.add(
+        Ingest(
+            id=ingest_id,
+            tenant_id=tenant_id,
+            user_id=scope(req.user_id),
+            conversation_id=req.conversation_id,
+            task_id=task_id,
+            trace_id=trace_id,
+            status="accepted",
+            stages=lifecycle.document_stages(lifecycle.TOOLS),
+            message_count=0,
+            request={
+                **meta,
+                "add_ingest_id": str(add.ingest_id),
+                "events": [{**e.info(), "idx": e.idx, "text": e.text()} for e in events],
+            },
+        )
+    )
+    session.flush()
+    outbox_id = session.execute(
+        insert(OutboxItem)
+        .values(
+            ingest_id=ingest_id,
+            task_name=lifecycle.STAGE_TASKS[lifecycle.TOOLS],
+            task_id=task_id,
+            payload=lifecycle.stage_payload(lifecycle.TOOLS, ingest_id),
+            headers={"trace_id": trace_id},
+        )
+        .returning(OutboxItem.id)
+    ).scalar_one()
+    return Accepted(ingest_id, task_id, outbox_id)
+
+
+def upsert_tool_memories(session: Session, ingest: Ingest, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert tool memories; one already stored for (ingest, event) is kept (a redelivered task writes nothing)."""
+    origin = ingest.request.get("add_ingest_id")
+    if rows:
+        stmt = insert(Memory).values(
+            [
+                {
+                    "tenant_id": ingest.tenant_id,
+                    "user_id": ingest.user_id,
+                    "conversation_id": ingest.conversation_id,
+                    "ingest_id": ingest.id,
+                    "origin_ingest_id": uuid.UUID(origin) if origin else ingest.id,
+                    "kind": TOOL_KIND,
+                    "memory_type": TOOL_TYPE,
+                    "status": "activated",
+                    **r,
+                }
+                for r in rows
+            ]
+        )
+        session.execute(stmt.on_conflict_do_nothing(constraint="uq_memories_ingest_kind_chunk"))
+    return len(rows)
+
+
+def tool_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A tool memory as search returns it: the memory item, with the event's fields beside (MemOS's tool memory)."""
+    info = item.get("info") or {}
+    fields = ("tool_name", "tool_input", "tool_result", "success", "time", "tool_call_id")
+    return {**item, **{k: info.get(k) for k in fields}}
