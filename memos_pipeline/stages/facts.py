@@ -95,18 +95,8 @@ def _apply_fact(
     ).first()
     if exists:
         return
-    llm_stage.lock_user(s, ingest.tenant_id, ingest.user_id)
-    chash = db.content_hash(fact.memory_key, fact.memory_value)
-    same = s.execute(
-        select(Memory.id).where(
-            Memory.tenant_id == ingest.tenant_id,
-            Memory.user_id == ingest.user_id,
-            Memory.kind == "fact",
-            Memory.status == "activated",
-            Memory.content_hash == chash,
-        )
-    ).first()
-    if same:
+    chash, known = llm_stage.known_fact(s, ingest, fact.memory_key, fact.memory_value)
+    if known:
         res.counts["duplicate"] += 1
         return
     cands = _fact_candidates(s, ingest.tenant_id, ingest.user_id, vec)
@@ -116,23 +106,16 @@ def _apply_fact(
         return
     sources = ex.map_sources(fact.sources, batch)
     by_source = {t.source_id: t.message_id for t in batch}
-    row: dict[str, Any] = {
-        "tenant_id": ingest.tenant_id,
-        "user_id": ingest.user_id,
-        "conversation_id": ingest.conversation_id,
-        "ingest_id": ingest.id,
-        "kind": "fact",
-        "chunk_idx": key,
-        "memory_key": fact.memory_key,
-        "memory_value": fact.memory_value,
-        "memory_type": fact.memory_type,
-        "tags": fact.tags,
-        "sources": sources,
-        "source_message_ids": [uuid.UUID(by_source[x]) for x in sources],
-        "embedding": vec.tolist(),
-        "content_hash": chash,
-        "info": {"extracted_by": llm.settings.llm_model},
-    }
+    row = llm_stage.fact_row(
+        ingest,
+        key,
+        fact,
+        vec,
+        chash,
+        sources=sources,
+        source_message_ids=[uuid.UUID(by_source[x]) for x in sources],
+        info={"extracted_by": llm.settings.llm_model},
+    )
     old: Memory | None = None
     if decision.action in ("update", "conflict"):
         old = cands[ex.target_index(decision)][0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,7 +32,7 @@ from memos_pipeline.schemas import SearchFilters, SearchJob, and_filters
 from memos_pipeline.search import service
 from memos_pipeline.stages import llm_stage
 from memos_pipeline.stages.prompts import mostly_cjk
-from memos_pipeline.storage import db, memories
+from memos_pipeline.storage import memories
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Extraction, Ingest, Memory
 
@@ -265,37 +265,12 @@ def _update(
 def _add(
     s: Session, ingest: Ingest, llm: LLMClient, j: int, a: FeedbackAdd, vec: np.ndarray, res: llm_stage.StageResult
 ) -> None:
-    llm_stage.lock_user(s, ingest.tenant_id, ingest.user_id)
-    chash = db.content_hash(a.memory_key, a.memory_value)
-    same = s.execute(
-        select(Memory.id).where(
-            Memory.tenant_id == ingest.tenant_id,
-            Memory.user_id == ingest.user_id,
-            Memory.kind == "fact",
-            Memory.status == "activated",
-            Memory.content_hash == chash,
-        )
-    ).first()
-    if same is not None:  # also what a redelivery finds for a fact it added before
+    chash, known = llm_stage.known_fact(s, ingest, a.memory_key, a.memory_value)
+    if known:  # also what a redelivery finds for a fact it added before
         res.counts["duplicate"] += 1
         return
-    row: dict[str, Any] = {
-        "tenant_id": ingest.tenant_id,
-        "user_id": ingest.user_id,
-        "conversation_id": ingest.conversation_id,
-        "ingest_id": ingest.id,
-        "kind": "fact",
-        "chunk_idx": j,
-        "memory_key": a.memory_key,
-        "memory_value": a.memory_value,
-        "memory_type": a.memory_type,
-        "tags": a.tags,
-        "sources": [],
-        "source_message_ids": [],
-        "embedding": vec.tolist(),
-        "content_hash": chash,
-        "info": {"extracted_by": llm.settings.llm_model, "feedback_task_id": ingest.task_id},
-    }
+    info = {"extracted_by": llm.settings.llm_model, "feedback_task_id": ingest.task_id}
+    row = llm_stage.fact_row(ingest, j, a, vec, chash, sources=[], source_message_ids=[], info=info)
     new_id = s.execute(
         insert(Memory)
         .values(**row)

@@ -31,9 +31,9 @@ from memos_pipeline.embedders import Embedder
 from memos_pipeline.ingest import lifecycle
 from memos_pipeline.llm import LLMClient, LLMOutputError, Usage
 from memos_pipeline.stages import prompts as ex
-from memos_pipeline.storage import ingests
+from memos_pipeline.storage import db, ingests
 from memos_pipeline.storage.db import session_scope
-from memos_pipeline.storage.models import Extraction
+from memos_pipeline.storage.models import Extraction, Memory
 from memos_pipeline.text.chunking import Turn
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,43 @@ def embed_and_apply(
 
 def lock_user(s: Session, tenant_id: uuid.UUID, user_id: str) -> None:
     s.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"{tenant_id}/{user_id}"})
+
+
+def known_fact(s: Session, ingest: Any, memory_key: str, memory_value: str) -> tuple[str, bool]:
+    """Under the user's lock (held to the end of the transaction): the fact's content hash, and whether an activated
+    fact of the user already says exactly this (a repeat, or what a redelivery finds for a fact it added before)."""
+    lock_user(s, ingest.tenant_id, ingest.user_id)
+    chash = db.content_hash(memory_key, memory_value)
+    same = s.execute(
+        select(Memory.id).where(
+            Memory.tenant_id == ingest.tenant_id,
+            Memory.user_id == ingest.user_id,
+            Memory.kind == "fact",
+            Memory.status == "activated",
+            Memory.content_hash == chash,
+        )
+    ).first()
+    return chash, same is not None
+
+
+def fact_row(ingest: Any, idx: int, fact: Any, vec: np.ndarray, chash: str, **fields: Any) -> dict[str, Any]:
+    """A new fact of the ingest (``fact``: memory_key, memory_value, memory_type, tags), at natural key ``idx``;
+    ``fields`` (sources, source_message_ids, info) as the stage knows them."""
+    return {
+        "tenant_id": ingest.tenant_id,
+        "user_id": ingest.user_id,
+        "conversation_id": ingest.conversation_id,
+        "ingest_id": ingest.id,
+        "kind": "fact",
+        "chunk_idx": idx,
+        "memory_key": fact.memory_key,
+        "memory_value": fact.memory_value,
+        "memory_type": fact.memory_type,
+        "tags": fact.tags,
+        "embedding": vec.tolist(),
+        "content_hash": chash,
+        **fields,
+    }
 
 
 def decide(

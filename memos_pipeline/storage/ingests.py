@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,75 @@ class Accepted:
     published: bool = False  # (duplicates only) whether that ingest's task was already published
 
 
+def open_ingest(
+    session: Session,
+    tenant_id: uuid.UUID,
+    user_id: str,
+    conversation_id: str | None,
+    *,
+    trace_id: str,
+    stages: dict[str, Any],
+    task_name: str,
+    payload: Callable[[uuid.UUID], dict[str, Any]],
+    request: dict[str, Any],
+    message_count: int = 0,
+    idempotency_key: str | None = None,
+    content_key: str | None = None,
+    dedup_window_s: float = 0.0,
+) -> Accepted:
+    """Write an ingest row and the outbox row of its first task (``task_name``, ``payload(ingest_id)``) in the
+    caller's transaction: once committed, the ingest is durable. Every kind of ingest opens here (adds, feedbacks).
+
+    With an ``idempotency_key`` already used by this tenant, nothing is written and the earlier ingest is
+    returned (``duplicate=True``): retries and redeliveries stay one ingest. Without one, an ingest whose
+    ``content_key`` matches one accepted less than ``dedup_window_s`` ago is taken for a retry of it, the same
+    way: clients that retry without a key (the MemOS client) store their add once.
+    """
+    if idempotency_key is None and content_key is not None and dedup_window_s > 0:
+        earlier = _recent_same(session, tenant_id, content_key, dedup_window_s)
+        if earlier is not None:
+            return earlier
+    ingest_id, task_id = uuid.uuid4(), str(uuid.uuid4())
+    inserted = session.execute(
+        insert(Ingest)
+        .values(
+            id=ingest_id,
+            tenant_id=tenant_id,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            task_id=task_id,
+            trace_id=trace_id,
+            status="accepted",
+            stages=stages,
+            message_count=message_count,
+            request=request,
+            idempotency_key=idempotency_key,
+            content_key=content_key,
+        )
+        .on_conflict_do_nothing(constraint="uq_ingests_tenant_idempotency_key")
+        .returning(Ingest.id)
+    ).scalar_one_or_none()
+    if inserted is None:  # this Idempotency-Key was used before: that ingest is the answer
+        prev = session.execute(
+            select(Ingest.id, Ingest.task_id, OutboxItem.id, OutboxItem.sent_at)
+            .join(OutboxItem, OutboxItem.ingest_id == Ingest.id)
+            .where(Ingest.tenant_id == tenant_id, Ingest.idempotency_key == idempotency_key)
+        ).one()
+        return Accepted(prev[0], prev[1], prev[2], duplicate=True, published=prev[3] is not None)
+    outbox_id = session.execute(
+        insert(OutboxItem)
+        .values(
+            ingest_id=ingest_id,
+            task_name=task_name,
+            task_id=task_id,
+            payload=payload(ingest_id),
+            headers={"trace_id": trace_id},
+        )
+        .returning(OutboxItem.id)
+    ).scalar_one()
+    return Accepted(ingest_id, task_id, outbox_id)
+
+
 def accept_ingest(
     session: Session,
     tenant_id: uuid.UUID,
@@ -44,52 +113,31 @@ def accept_ingest(
     content_key: str | None = None,
     dedup_window_s: float = 0.0,
 ) -> Accepted:
-    """Write ingest + messages + outbox row in the caller's transaction: once committed, the add is durable.
-
-    With an ``idempotency_key`` already used by this tenant, nothing is written and the earlier ingest is
-    returned (``duplicate=True``): retries and redeliveries of one add stay one ingest. Without one, an add whose
-    ``content_key`` (:func:`add_content_key`) matches an ingest accepted less than ``dedup_window_s`` ago is taken
-    for a retry of it, the same way: clients that retry without a key (the MemOS client) store their add once.
-    """
-    if idempotency_key is None and content_key is not None and dedup_window_s > 0:
-        earlier = _recent_same_add(session, tenant_id, content_key, dedup_window_s)
-        if earlier is not None:
-            return earlier
-    ingest_id, task_id = uuid.uuid4(), str(uuid.uuid4())
-    request_meta = {
-        k: v for k, v in req.model_dump(include={"agent_id", "app_id", "source", "tags", "info"}).items() if v
-    }
-    inserted = session.execute(
-        insert(Ingest)
-        .values(
-            id=ingest_id,
-            tenant_id=tenant_id,
-            user_id=req.user_id,
-            conversation_id=req.conversation_id,
-            task_id=task_id,
-            trace_id=trace_id,
-            status="accepted",
-            stages=stages,
-            message_count=len(req.messages),
-            request=request_meta,
-            idempotency_key=idempotency_key,
-            content_key=content_key,
-        )
-        .on_conflict_do_nothing(constraint="uq_ingests_tenant_idempotency_key")
-        .returning(Ingest.id)
-    ).scalar_one_or_none()
-    if inserted is None:
-        prev = session.execute(
-            select(Ingest.id, Ingest.task_id, OutboxItem.id, OutboxItem.sent_at)
-            .join(OutboxItem, OutboxItem.ingest_id == Ingest.id)
-            .where(Ingest.tenant_id == tenant_id, Ingest.idempotency_key == idempotency_key)
-        ).one()
-        return Accepted(prev[0], prev[1], prev[2], duplicate=True, published=prev[3] is not None)
+    """An add: its ingest (:func:`open_ingest`, whose duplicates it returns as they are) and its messages."""
+    acc = open_ingest(
+        session,
+        tenant_id,
+        req.user_id,
+        req.conversation_id,
+        trace_id=trace_id,
+        stages=stages,
+        task_name=task_name,
+        payload=lambda ingest_id: IngestJob(ingest_id=ingest_id).model_dump(mode="json"),
+        request={
+            k: v for k, v in req.model_dump(include={"agent_id", "app_id", "source", "tags", "info"}).items() if v
+        },
+        message_count=len(req.messages),
+        idempotency_key=idempotency_key,
+        content_key=content_key,
+        dedup_window_s=dedup_window_s,
+    )
+    if acc.duplicate:
+        return acc
     session.execute(
         insert(Message),
         [
             {
-                "ingest_id": ingest_id,
+                "ingest_id": acc.ingest_id,
                 "tenant_id": tenant_id,
                 "user_id": req.user_id,
                 "conversation_id": req.conversation_id,
@@ -103,18 +151,7 @@ def accept_ingest(
             for i, m in enumerate(req.messages)
         ],
     )
-    outbox_id = session.execute(
-        insert(OutboxItem)
-        .values(
-            ingest_id=ingest_id,
-            task_name=task_name,
-            task_id=task_id,
-            payload=IngestJob(ingest_id=ingest_id).model_dump(mode="json"),
-            headers={"trace_id": trace_id},
-        )
-        .returning(OutboxItem.id)
-    ).scalar_one()
-    return Accepted(ingest_id, task_id, outbox_id)
+    return acc
 
 
 def add_content_key(req: AddRequest) -> str:
@@ -123,8 +160,8 @@ def add_content_key(req: AddRequest) -> str:
     return content_hash(req.user_id, req.conversation_id, json.dumps(messages, sort_keys=True, ensure_ascii=False))
 
 
-def _recent_same_add(session: Session, tenant_id: uuid.UUID, content_key: str, window_s: float) -> Accepted | None:
-    """The ingest of the same add accepted within the window, if any.
+def _recent_same(session: Session, tenant_id: uuid.UUID, content_key: str, window_s: float) -> Accepted | None:
+    """The ingest of the same add (or feedback) accepted within the window, if any.
 
     Identical adds racing each other (a client's retries sent at once) serialise on a transaction-scoped advisory
     lock on (tenant, content key): the second waits until the first commits or rolls back, and its next statement
