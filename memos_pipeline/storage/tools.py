@@ -10,6 +10,7 @@ durable like the add, resumed by the sweeper like any ingest. ``origin_ingest_id
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -26,11 +27,16 @@ from memos_pipeline.text.tools import ToolEvent
 SCOPE_PREFIX = "tool:"
 TOOL_KIND = "tool"
 TOOL_TYPE = "ToolMemory"
+USER_ID_MAX = 256  # memories.user_id and ingests.user_id
 
 
 def scope(user_id: str) -> str:
-    """The ``user_id`` a user's tool memories are stored and searched under."""
-    return f"{SCOPE_PREFIX}{user_id}"
+    """The ``user_id`` a user's tool memories are stored and searched under. It must fit the column (256) that the
+    user id alone may fill: a long id is named by its hash instead (the same one on every call)."""
+    plain = f"{SCOPE_PREFIX}{user_id}"
+    return (
+        plain if len(plain) <= USER_ID_MAX else f"{SCOPE_PREFIX}sha256:{hashlib.sha256(user_id.encode()).hexdigest()}"
+    )
 
 
 def accept_tools(

@@ -100,3 +100,20 @@ def test_an_add_without_tool_calls_makes_no_tool_ingest_and_a_retry_makes_one(
         headers=auth,
     )
     assert err.status_code == 422 and err.get_json()["message"].startswith("messages[0].tool_calls[0].function")
+
+
+def test_a_user_id_of_the_longest_length_has_tool_memory_too(
+    workers: Settings, client: FlaskClient, auth: dict[str, str]
+) -> None:
+    user = uuid.uuid4().hex + "u" * 224  # 256 characters: "tool:" + it would not fit the column
+    msgs = [{"role": "tool", "content": "42 results", "name": "search_docs"}]
+    add = post(client, auth, "/add/message", {"user_id": user, "messages": msgs}, 202)
+    wait_for(lambda: post(client, auth, "/get/status", {"task_id": add["task_id"]})["status"] == "done", "the add")
+
+    def found() -> list[dict[str, Any]]:
+        body = {"user_id": user, "query": "search results", "include_tool_memory": True}
+        items: list[dict[str, Any]] = post(client, auth, "/search/memory", body)["tool_memory_detail_list"]
+        return items
+
+    [item] = wait_for(found, "the tool memory")
+    assert item["tool_name"] == "search_docs" and item["success"] is True

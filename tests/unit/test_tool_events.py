@@ -93,3 +93,11 @@ def test_messages_take_tool_calls_and_a_call_only_message_shows_its_calls() -> N
         )
     with pytest.raises(ValidationError, match="content"):
         AddRequest.model_validate({"user_id": "u", "messages": [{"role": "assistant", "content": None}]})
+
+
+def test_the_tool_scope_of_a_long_user_id_fits_its_column() -> None:
+    from memos_pipeline.storage.tools import scope
+
+    assert scope("u1") == "tool:u1"
+    long = scope("x" * 256)
+    assert len(long) <= 256 and long == scope("x" * 256) != scope("x" * 255 + "y")
