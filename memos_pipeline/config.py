@@ -112,7 +112,8 @@ class Settings(BaseSettings):
     sync_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("MEMOS_SYNC_TIMEOUT_S"))
     search_timeout_s: float = Field(5.0, gt=0, validation_alias=_env("MEMOS_SEARCH_TIMEOUT_S"))
     mixture_deadline_ms: int = Field(300, ge=1, validation_alias=_env("MIXTURE_DEADLINE_MS"))
-    fusion: Literal["rrf", "weighted"] = Field("weighted", validation_alias=_env("MEMOS_FUSION"))
+    # gated: weighted, with BM25 counted only for memories the embedder finds related (search/fusion.py).
+    fusion: Literal["gated", "rrf", "weighted"] = Field("gated", validation_alias=_env("MEMOS_FUSION"))
     # Each conversation turn returned once, neighbouring hits joined into spans (context.py); off: whole windows.
     search_dedup_turns: bool = Field(True, validation_alias=_env("MEMOS_SEARCH_DEDUP_TURNS"))
     relay_interval_s: float = Field(2.0, gt=0, validation_alias=_env("MEMOS_RELAY_INTERVAL_S"))

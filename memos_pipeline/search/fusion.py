@@ -51,6 +51,42 @@ def weighted(
     return fused
 
 
+def semantic_gate(cosine: float, floor: float, full: float) -> float:
+    """0 at or below ``floor``, 1 at or above ``full``, linear between: how much lexical evidence a memory with this
+    cosine to the query may receive."""
+    if cosine >= full:
+        return 1.0
+    if cosine <= floor or full <= floor:
+        return 0.0
+    return (cosine - floor) / (full - floor)
+
+
+def gated(
+    dense: Mapping[str, float],
+    lexical: Mapping[str, float],
+    weights: Mapping[str, float],
+    floor: float,
+    full: float,
+) -> dict[str, float]:
+    """:func:`weighted` over a dense list (cosines, as they are) and a lexical one (max-scaled), the lexical score of
+    each candidate multiplied by :func:`semantic_gate` of its cosine. ``dense`` must hold the cosine of every
+    lexical candidate it has a vector for (the search reads it with the row). A candidate without one (a window
+    whose vector is not written yet) keeps its lexical score ungated: there is no cosine to judge it by, and
+    hiding it would make a fresh memory unfindable."""
+    wd, wl = weights.get("dense", 1.0), weights.get("bm25", 1.0)
+    total = (wd + wl) or 1.0
+    # Two passes over plain dicts (the search runs this on a few hundred candidates per query: keep it cheap).
+    fused = {doc_id: wd * min(max(c, 0.0), 1.0) / total for doc_id, c in dense.items()}
+    for doc_id, s in max_normalise(lexical).items():
+        c = dense.get(doc_id)
+        gate = 1.0 if c is None else semantic_gate(c, floor, full)
+        if gate > 0.0:
+            fused[doc_id] = fused.get(doc_id, 0.0) + wl * min(s, 1.0) * gate / total
+        else:
+            fused.setdefault(doc_id, 0.0)
+    return fused
+
+
 def top(scores: Mapping[str, float], n: int) -> list[tuple[str, float]]:
     """The ``n`` best (id, score) pairs; ties broken by id so that results are deterministic."""
     return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]

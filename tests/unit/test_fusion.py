@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from memos_pipeline.search.fusion import RRF_K, max_normalise, rrf, top, weighted
+from memos_pipeline.search.fusion import RRF_K, gated, max_normalise, rrf, semantic_gate, top, weighted
 
 pytestmark = pytest.mark.unit
 
@@ -107,3 +107,36 @@ def test_rrf_then_top_is_finite() -> None:
     scores = rrf({"a": [str(i) for i in range(1000)], "b": [str(i) for i in reversed(range(1000))]})
     assert all(math.isfinite(s) for s in scores.values())
     assert len(top(scores, 10)) == 10
+
+
+def test_semantic_gate_ramps_from_floor_to_full() -> None:
+    assert semantic_gate(0.1, 0.2, 0.4) == 0.0
+    assert semantic_gate(0.2, 0.2, 0.4) == 0.0
+    assert semantic_gate(0.3, 0.2, 0.4) == pytest.approx(0.5)
+    assert semantic_gate(0.4, 0.2, 0.4) == 1.0
+    assert semantic_gate(0.9, 0.2, 0.4) == 1.0
+    assert semantic_gate(0.3, 0.4, 0.4) == 0.0  # a degenerate ramp is a step at the floor
+
+
+def test_gated_keeps_a_strong_dense_hit_above_weak_keyword_matches() -> None:
+    """The PrefEval failure: off-topic memories share the question's common words, the one that matters shares
+    none. Ungated, max-scaling makes the best keyword match count as perfect and it wins; gated, it adds nothing."""
+    dense = {"pref": 0.45, "filler1": 0.05, "filler2": 0.1}
+    lexical = {"filler1": 9.0, "filler2": 8.5}
+    w = {"dense": 1.0, "bm25": 1.0}
+    ungated = weighted({"dense": dense, "bm25": lexical}, w, frozenset({"bm25"}))
+    assert top(ungated, 1)[0][0] == "filler1"
+    fused = gated(dense, lexical, w, 0.2, 0.4)
+    assert [i for i, _ in top(fused, 3)] == ["pref", "filler2", "filler1"]
+    assert fused["filler1"] == pytest.approx(0.05 / 2)
+
+
+def test_gated_equals_weighted_above_the_gate_and_keeps_unvectored_keyword_hits() -> None:
+    dense = {"a": 0.6, "b": 0.5}
+    lexical = {"a": 2.0, "b": 4.0, "fresh": 3.0}  # "fresh": no vector written yet, so no cosine
+    w = {"dense": 1.0, "bm25": 1.0}
+    fused = gated(dense, lexical, w, 0.2, 0.4)
+    assert fused["a"] == pytest.approx((0.6 + 0.5) / 2)
+    assert fused["b"] == pytest.approx((0.5 + 1.0) / 2)
+    assert fused["fresh"] == pytest.approx(0.75 / 2)
+    assert gated({}, {}, w, 0.2, 0.4) == {}
