@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, undefer
 
 from memos_pipeline.ingest import lifecycle
-from memos_pipeline.storage import memories
+from memos_pipeline.storage import ingests, memories
 from memos_pipeline.storage.db import now
 from memos_pipeline.storage.ingests import Accepted
 from memos_pipeline.storage.models import Ingest, KnowledgeBase, KnowledgeBaseFile, Memory, OutboxItem
@@ -176,27 +176,23 @@ def accept_file(
     if prev is not None:
         f, ingest_id, task_id, outbox_id, sent_at = prev
         return f, Accepted(ingest_id, task_id, outbox_id, duplicate=True, published=sent_at is not None)
-    file_id, ingest_id, task_id = uuid.uuid4(), uuid.uuid4(), str(uuid.uuid4())
-    session.add(
-        Ingest(
-            id=ingest_id,
-            tenant_id=tenant_id,
-            user_id=scope(base.id),
-            conversation_id=str(file_id),
-            task_id=task_id,
-            trace_id=trace_id,
-            status="accepted",
-            stages=lifecycle.document_stages(),
-            message_count=0,
-            request={"knowledgebase_id": str(base.id), "file_id": str(file_id), "file_name": upload.name},
-        )
+    file_id = uuid.uuid4()
+    acc = ingests.open_ingest(
+        session,
+        tenant_id,
+        scope(base.id),
+        str(file_id),
+        trace_id=trace_id,
+        stages=lifecycle.document_stages(),
+        task_name=lifecycle.STAGE_TASKS[lifecycle.DOCUMENT],
+        payload=lambda ingest_id: lifecycle.stage_payload(lifecycle.DOCUMENT, ingest_id),
+        request={"knowledgebase_id": str(base.id), "file_id": str(file_id), "file_name": upload.name},
     )
-    session.flush()  # the file row refers to the ingest
     f = KnowledgeBaseFile(
         id=file_id,
         tenant_id=tenant_id,
         knowledgebase_id=base.id,
-        ingest_id=ingest_id,
+        ingest_id=acc.ingest_id,
         name=upload.name,
         format=upload.format,
         content_type=upload.content_type,
@@ -206,19 +202,8 @@ def accept_file(
         status="active",
     )
     session.add(f)
-    outbox_id = session.execute(
-        insert(OutboxItem)
-        .values(
-            ingest_id=ingest_id,
-            task_name=lifecycle.STAGE_TASKS[lifecycle.DOCUMENT],
-            task_id=task_id,
-            payload=lifecycle.stage_payload(lifecycle.DOCUMENT, ingest_id),
-            headers={"trace_id": trace_id},
-        )
-        .returning(OutboxItem.id)
-    ).scalar_one()
     session.flush()
-    return f, Accepted(ingest_id, task_id, outbox_id)
+    return f, acc
 
 
 def file_status(ingest: Ingest | None) -> tuple[str, str | None]:
@@ -333,9 +318,17 @@ def lock_file_for_write(session: Session, ingest_id: uuid.UUID) -> KnowledgeBase
     return f if f is not None and f.status == "active" else None
 
 
-def upsert_passages(session: Session, ingest: Ingest, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert a file's passages as document memories; one already stored for (ingest, passage) is kept as is, so a
-    redelivered document task converges to the same rows."""
+def upsert_passages(
+    session: Session,
+    ingest: Ingest,
+    rows: Sequence[dict[str, Any]],
+    *,
+    kind: str = DOCUMENT_KIND,
+    memory_type: str = DOCUMENT_TYPE,
+    origin_ingest_id: uuid.UUID | None = None,
+) -> int:
+    """Insert an ingest's derived memories (a file's passages; an add's tool memories, storage/tools.py); one already
+    stored for (ingest, kind, index) is kept as is, so a redelivered task converges to the same rows."""
     if rows:
         stmt = insert(Memory).values(
             [
@@ -344,9 +337,9 @@ def upsert_passages(session: Session, ingest: Ingest, rows: Sequence[dict[str, A
                     "user_id": ingest.user_id,
                     "conversation_id": ingest.conversation_id,
                     "ingest_id": ingest.id,
-                    "origin_ingest_id": ingest.id,
-                    "kind": DOCUMENT_KIND,
-                    "memory_type": DOCUMENT_TYPE,
+                    "origin_ingest_id": origin_ingest_id or ingest.id,
+                    "kind": kind,
+                    "memory_type": memory_type,
                     "status": "activated",
                     **r,
                 }

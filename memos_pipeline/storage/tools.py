@@ -15,13 +15,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from memos_pipeline.ingest import lifecycle
 from memos_pipeline.schemas import AddRequest
+from memos_pipeline.storage import ingests, knowledgebases
 from memos_pipeline.storage.ingests import Accepted
-from memos_pipeline.storage.models import Ingest, Memory, OutboxItem
+from memos_pipeline.storage.models import Ingest
 from memos_pipeline.text.tools import ToolEvent
 
 SCOPE_PREFIX = "tool:"
@@ -43,63 +43,36 @@ def accept_tools(
     session: Session, tenant_id: uuid.UUID, req: AddRequest, add: Accepted, events: list[ToolEvent], trace_id: str
 ) -> Accepted:
     """The tool ingest of an add just accepted, in the add's transaction: its events, ingest row and outbox row."""
-    ingest_id, task_id = uuid.uuid4(), str(uuid.uuid4())
     meta = {k: v for k, v in req.model_dump(include={"agent_id", "app_id", "source", "tags", "info"}).items() if v}
-    session.add(
-        Ingest(
-            id=ingest_id,
-            tenant_id=tenant_id,
-            user_id=scope(req.user_id),
-            conversation_id=req.conversation_id,
-            task_id=task_id,
-            trace_id=trace_id,
-            status="accepted",
-            stages=lifecycle.document_stages(lifecycle.TOOLS),
-            message_count=0,
-            request={
-                **meta,
-                "add_ingest_id": str(add.ingest_id),
-                "events": [{**e.info(), "idx": e.idx, "text": e.text()} for e in events],
-            },
-        )
+    return ingests.open_ingest(
+        session,
+        tenant_id,
+        scope(req.user_id),
+        req.conversation_id,
+        trace_id=trace_id,
+        stages=lifecycle.document_stages(lifecycle.TOOLS),
+        task_name=lifecycle.STAGE_TASKS[lifecycle.TOOLS],
+        payload=lambda ingest_id: lifecycle.stage_payload(lifecycle.TOOLS, ingest_id),
+        request={
+            **meta,
+            "add_ingest_id": str(add.ingest_id),
+            "events": [{**e.info(), "idx": e.idx, "text": e.text()} for e in events],
+        },
     )
-    session.flush()
-    outbox_id = session.execute(
-        insert(OutboxItem)
-        .values(
-            ingest_id=ingest_id,
-            task_name=lifecycle.STAGE_TASKS[lifecycle.TOOLS],
-            task_id=task_id,
-            payload=lifecycle.stage_payload(lifecycle.TOOLS, ingest_id),
-            headers={"trace_id": trace_id},
-        )
-        .returning(OutboxItem.id)
-    ).scalar_one()
-    return Accepted(ingest_id, task_id, outbox_id)
 
 
 def upsert_tool_memories(session: Session, ingest: Ingest, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert tool memories; one already stored for (ingest, event) is kept (a redelivered task writes nothing)."""
+    """Insert tool memories (keyed by ingest and event: a redelivered task writes nothing twice); their origin is
+    the add, whose agent, app and info the search's filters read."""
     origin = ingest.request.get("add_ingest_id")
-    if rows:
-        stmt = insert(Memory).values(
-            [
-                {
-                    "tenant_id": ingest.tenant_id,
-                    "user_id": ingest.user_id,
-                    "conversation_id": ingest.conversation_id,
-                    "ingest_id": ingest.id,
-                    "origin_ingest_id": uuid.UUID(origin) if origin else ingest.id,
-                    "kind": TOOL_KIND,
-                    "memory_type": TOOL_TYPE,
-                    "status": "activated",
-                    **r,
-                }
-                for r in rows
-            ]
-        )
-        session.execute(stmt.on_conflict_do_nothing(constraint="uq_memories_ingest_kind_chunk"))
-    return len(rows)
+    return knowledgebases.upsert_passages(
+        session,
+        ingest,
+        rows,
+        kind=TOOL_KIND,
+        memory_type=TOOL_TYPE,
+        origin_ingest_id=uuid.UUID(origin) if origin else None,
+    )
 
 
 def tool_item(item: dict[str, Any]) -> dict[str, Any]:
