@@ -88,6 +88,8 @@ class LocalEmbedder:
         # One model per lane, each called by one thread at a time (its fast tokenizer is not thread-safe: "Already
         # borrowed"); callers queue and are embedded together on the next free lane (coalesce.py).
         models = [SentenceTransformer(path, device="cpu") for _ in range(max(lanes, 1))]
+        for m in models:  # a model's first call is slow (allocation, kernel choice): not on a user's request
+            self._encode(m, ["warm up"])
         self._calls = Coalescer([functools.partial(self._encode, m) for m in models])
 
     def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
