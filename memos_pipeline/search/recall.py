@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,11 +119,16 @@ def fast_search(
         index = None
     timings: dict[str, float] = {}
     clock = _Clock(timings)
+    # With turn dedup, windows sliding by one turn collapse: ask each channel for more to still fill top_k.
+    n_cand = max((4 if dedup_turns else 2) * job.top_k, MIN_CANDIDATES)
+    # BM25 needs only the query's words: without history to add to them, it runs while the model embeds the query
+    # (torch computes without the GIL), which takes most of a search's time.
+    early = (
+        _BM25_POOL.submit(_bm25, index, job, job.query, n_cand) if index is not None and history_turns <= 0 else None
+    )
     query = build_query(session, embedder, job, history_turns, history_window)
     qvec = query.vector
     clock.lap("embed")
-    # With turn dedup, windows sliding by one turn collapse: ask each channel for more to still fill top_k.
-    n_cand = max((4 if dedup_turns else 2) * job.top_k, MIN_CANDIDATES)
     exact = not use_dense or _small_scope(session, job, n_cand)
     # The distance is computed in SQL and the 384-float vectors stay in Postgres (defer): loading them for every
     # candidate cost more than the vector search itself.
@@ -146,18 +152,7 @@ def fast_search(
     clock.lap("dense")
     bm25_scores: dict[str, float] = {}
     if index is not None:
-        f = job.filters
-        hits = index.search(
-            Bm25Query(
-                str(job.tenant_id),
-                job.user_id,
-                tuple(tokenize(query.text)),
-                f.conversation_id,
-                (f.kind,) if f.kind else (),
-                n_cand,
-            )
-        )
-        bm25_scores = dict(hits)
+        bm25_scores = dict(early.result() if early is not None else _bm25(index, job, query.text, n_cand))
         missing = [uuid.UUID(i) for i in bm25_scores if i not in by_id]
         if missing:
             # Re-read through the scoped query: Postgres, not the index, decides what may be returned.
@@ -199,6 +194,16 @@ def fast_search(
     prefs = preference_search(session, job, query.query_vector) if job.include_preference and job.pref_top_k else []
     clock.lap("preferences")
     return SearchOutput(items, prefs, timings)
+
+
+def _bm25(index: Bm25Index, job: SearchJob, text: str, n: int) -> list[tuple[str, float]]:
+    f = job.filters
+    kinds = (f.kind,) if f.kind else ()
+    return index.search(Bm25Query(str(job.tenant_id), job.user_id, tuple(tokenize(text)), f.conversation_id, kinds, n))
+
+
+# Shared by the search threads of a process; a BM25 query is short and never waits on anything but the CPU.
+_BM25_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bm25")
 
 
 def _packed_items(
