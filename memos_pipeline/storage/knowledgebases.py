@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, undefer
 
 from memos_pipeline.ingest import lifecycle
@@ -327,24 +326,6 @@ def upsert_passages(
     memory_type: str = DOCUMENT_TYPE,
     origin_ingest_id: uuid.UUID | None = None,
 ) -> int:
-    """Insert an ingest's derived memories (a file's passages; an add's tool memories, storage/tools.py); one already
-    stored for (ingest, kind, index) is kept as is, so a redelivered task converges to the same rows."""
-    if rows:
-        stmt = insert(Memory).values(
-            [
-                {
-                    "tenant_id": ingest.tenant_id,
-                    "user_id": ingest.user_id,
-                    "conversation_id": ingest.conversation_id,
-                    "ingest_id": ingest.id,
-                    "origin_ingest_id": origin_ingest_id or ingest.id,
-                    "kind": kind,
-                    "memory_type": memory_type,
-                    "status": "activated",
-                    **r,
-                }
-                for r in rows
-            ]
-        )
-        session.execute(stmt.on_conflict_do_nothing(constraint="uq_memories_ingest_kind_chunk"))
-    return len(rows)
+    """Insert an ingest's derived memories (a file's passages; an add's tool memories, storage/tools.py), each
+    pointing back at the ingest it came from; redelivery-safe (memories.insert_memories)."""
+    return memories.insert_memories(session, ingest, rows, kind, memory_type, origin_ingest_id or ingest.id)

@@ -16,25 +16,29 @@ from memos_pipeline.storage.db import content_hash, now
 from memos_pipeline.storage.models import AuditLog, Ingest, Memory, MemoryEdge, Preference
 
 
-def upsert_raw_memories(session: Session, ingest: Ingest, rows: Sequence[dict[str, Any]]) -> list[uuid.UUID]:
-    """Insert raw windows; a window already stored for (ingest, chunk_idx) is kept as is (redelivery-safe)."""
+def insert_memories(
+    session: Session,
+    ingest: Ingest,
+    rows: Sequence[dict[str, Any]],
+    kind: str,
+    memory_type: str,
+    origin_ingest_id: uuid.UUID | None = None,
+) -> int:
+    """Insert an ingest's memories of one kind (raw windows, a file's passages, tool memories); one already stored
+    for (ingest, kind, index) is kept as is, so a redelivered task converges to the same rows."""
     if rows:
-        stmt = insert(Memory).values(
-            [
-                {
-                    "tenant_id": ingest.tenant_id,
-                    "user_id": ingest.user_id,
-                    "conversation_id": ingest.conversation_id,
-                    "ingest_id": ingest.id,
-                    "kind": "raw",
-                    "memory_type": "RawMemory",
-                    "status": "activated",
-                    **r,
-                }
-                for r in rows
-            ]
-        )
+        base = {"tenant_id": ingest.tenant_id, "user_id": ingest.user_id, "conversation_id": ingest.conversation_id}
+        base |= {"ingest_id": ingest.id, "kind": kind, "memory_type": memory_type, "status": "activated"}
+        if origin_ingest_id is not None:
+            base["origin_ingest_id"] = origin_ingest_id
+        stmt = insert(Memory).values([{**base, **r} for r in rows])
         session.execute(stmt.on_conflict_do_nothing(constraint="uq_memories_ingest_kind_chunk"))
+    return len(rows)
+
+
+def upsert_raw_memories(session: Session, ingest: Ingest, rows: Sequence[dict[str, Any]]) -> list[uuid.UUID]:
+    """Insert raw windows (redelivery-safe, :func:`insert_memories`); the ids of the ingest's windows in order."""
+    insert_memories(session, ingest, rows, "raw", "RawMemory")
     ids = session.execute(
         select(Memory.id).where(Memory.ingest_id == ingest.id, Memory.kind == "raw").order_by(Memory.chunk_idx)
     ).scalars()
