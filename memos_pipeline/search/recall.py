@@ -174,7 +174,9 @@ def fast_search(
         )
     else:
         ranked = fusion.weighted({"dense": dense_scores, "bm25": bm25_scores}, FUSION_WEIGHTS, frozenset({"bm25"}))
-    if fusion_method != "rrf":  # the bonuses are on the [0, 1] scale of the weighted scores, not of RRF's
+    # The bonuses are on the [0, 1] scale of the weighted scores, not of RRF's; a search restricted to one channel
+    # (the harness's bm25 and dense baselines) stays that channel's ranking alone.
+    if fusion_method != "rrf" and job.channels is None:
         ranked = temporal.boost(
             ranked,
             job.query,
