@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from api.meta import bp as meta_bp
     from api.meta import instrument
     from api.product import bp as product_bp
+    from api.profile import bp as profile_bp
     from api.scheduler import bp as scheduler_bp
     from api.search import bp as search_bp
 
@@ -63,7 +64,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     instrument(app)
     app.register_blueprint(meta_bp)
-    for bp in (health_bp, ingest_bp, search_bp, memories_bp, scheduler_bp, assist_bp, feedback_bp, knowledgebase_bp):
+    blueprints = (health_bp, ingest_bp, search_bp, memories_bp, scheduler_bp, assist_bp, feedback_bp, knowledgebase_bp)
+    for bp in (*blueprints, profile_bp):
         app.register_blueprint(bp)
         # /product/* aliases of every route (the MemOS product API paths)
         app.register_blueprint(bp, url_prefix="/product", name=f"product_{bp.name}")

@@ -26,6 +26,7 @@ from memos_pipeline.product_schemas import (
     ProductGetMemoryRequest,
     ProductSearchRequest,
 )
+from memos_pipeline.profile_schemas import BindProfileTemplateRequest, DeleteProfileRequest, EditProfileRequest
 from memos_pipeline.schemas import (
     AddRequest,
     ChatRequest,
@@ -74,6 +75,13 @@ ROUTES: dict[str, tuple[type[BaseModel], str]] = {
     ),
     "/get/knowledgebase-file": (GetKnowledgebaseFileRequest, "Knowledge-base files and their processing status"),
     "/delete/knowledgebase-file": (DeleteKnowledgebaseFileRequest, "Delete knowledge-base files and their passages"),
+    # User profiles (api/profile.py); a search answers the user's profile in profile_detail_list
+    "/edit/profile": (EditProfileRequest, "Set or remove slots of a user's (or agent's) profile, each a new version"),
+    "/delete/profile": (DeleteProfileRequest, "Delete a user's (or agent's) profile and its binding"),
+    "/bind/profile_template": (
+        BindProfileTemplateRequest,
+        "Bind profile templates (defined by their slots) to users or agents",
+    ),
     # MemOS's open-source server routes (api/product.py): their field names, their answer shape
     "/product/add": (ProductAddRequest, "MemOS server: add memories (202: accepted and durable)"),
     "/product/search": (ProductSearchRequest, "MemOS server: search memories, per readable cube"),

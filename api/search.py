@@ -30,6 +30,7 @@ from memos_pipeline.search import replies
 from memos_pipeline.search.recall import PREFERENCE_NOTE
 from memos_pipeline.search.rerank import merge_fine_into_fast, mixture_cache_key
 from memos_pipeline.storage import knowledgebases as kb
+from memos_pipeline.storage import profiles
 from memos_pipeline.storage import tools as tool_rows
 from memos_pipeline.storage.db import session_scope
 
@@ -303,4 +304,9 @@ def run(cfg: Settings, req: SearchRequest) -> dict[str, Any]:
         data["tool_memory_detail_list"] = tool_memories(tools, cfg.search_timeout_s)
     if req.include_skill:
         data["skill_detail_list"] = []
+    # The user's profile (api/profile.py) when there is one: MemOS returns it with every search.
+    with session_scope(cfg) as s:
+        found = profiles.profile_items(s, job.tenant_id, req.user_id, req.agent_id)
+    if found:
+        data["profile_detail_list"] = found
     return data

@@ -19,13 +19,15 @@ Scripting (per test, over HTTP):
   "defaults": {"facts": step, ...}, "content_by_match": [{"route": "facts", "match": "七天", ...step}]}``
   replaces the script (the call log is kept; ``"reset": true`` clears it too). The route of a request is chosen
   from its system prompt: ``USER FEEDBACK`` -> feedback, ``# Memories of this user`` -> chat (POST /chat),
-  ``MemReader`` -> facts, ``EXISTING memories`` -> merge, ``preferences`` -> preferences.
+  ``USER PROFILE`` -> profile, ``MemReader`` -> facts, ``EXISTING memories`` -> merge,
+  ``preferences`` -> preferences.
   A request takes the next scripted step of its route; when there is none, the first ``content_by_match`` entry
   whose ``match`` occurs in the conversation (the first user message); else the route's default; else ``auto``.
 - A step: ``{"content": "<the model's answer>"}``, ``{"json": {...}}`` (serialised), ``{"auto": true}`` (a
   capable model: one fact per user message, in the conversation's language, with correct sources; an explicit
   and an implicit preference per conversation; merge says "new"; feedback adds the feedback as one fact and
-  changes nothing else; chat answers in plain text with the first memory it was shown, or says it remembers
+  changes nothing else; profile fills the name, location and occupation slots it is offered from
+  facts that say "name is X", "lives in X", "works as a X", citing them; chat answers in plain text with the first memory it was shown, or says it remembers
   nothing), ``{"status": 429}`` / ``{"status": 500}`` (an
   OpenAI error body), ``{"drop": true}`` (close the connection without answering), and ``"delay": seconds`` before
   any of them (past the client's timeout: the client gives up, the server notices the broken pipe).
@@ -56,6 +58,13 @@ DIM = 384
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LINE = re.compile(r"^\[m(\d+)\](?: \([^)]*\))? ([^:]+): (.*)$")
 _MEMORY = re.compile(r"^\[M\d+\](?: \([^)]*\))? (.*)$")  # a memory line of a chat's system prompt
+_FACT = re.compile(r"^\[f(\d+)\] (.*)$")  # a new fact of a profile prompt
+_SLOT = re.compile(r"^- ([^:]+):")  # a slot offered by a profile prompt
+_PROFILE_READS = {  # what the fake model reads in a fact, per slot
+    "name": re.compile(r"name is ([A-Z][\w-]+(?: [A-Z][\w-]+)?)"),
+    "location": re.compile(r"lives? in ([A-Z][\w-]+(?: [A-Z][\w-]+)?)"),
+    "occupation": re.compile(r"works? as an? ([a-z]+(?: [a-z]+)?)"),
+}
 _FEEDBACK = re.compile(r"^FEEDBACK(?: \([^)]*\))?: (.*)$", re.M)
 STREAM_PIECE = 8  # characters per streamed chunk: several chunks for any real answer, CJK included
 
@@ -117,6 +126,8 @@ def route_of(system: str) -> str:
         return "feedback"
     if "# Memories of this user" in system:
         return "chat"
+    if "USER PROFILE" in system:
+        return "profile"
     if "MemReader" in system:
         return "facts"
     if "EXISTING memories" in system or "long-term memory" in system:
@@ -183,6 +194,8 @@ def auto_answer(route: str, conversation: str) -> dict[str, Any]:
         }
     if route == "merge":
         return {"action": "new", "target": None, "merged_value": None}
+    if route == "profile":
+        return profile_answer(conversation)
     if route == "feedback":
         m = _FEEDBACK.search(conversation)
         said = m.group(1).strip() if m else conversation.strip()
@@ -195,6 +208,21 @@ def auto_answer(route: str, conversation: str) -> dict[str, Any]:
         }
         return {"add": [fact], "update": [], "archive": []}
     return {}
+
+
+def profile_answer(prompt: str) -> dict[str, Any]:
+    """A profile update: each offered slot (name, location, occupation) a fact states, the last such fact winning."""
+    offered = {m.group(1).strip() for line in prompt.splitlines() if (m := _SLOT.match(line.strip()))}
+    found: dict[str, dict[str, Any]] = {}
+    for line in prompt.splitlines():
+        fact = _FACT.match(line.strip())
+        if fact is None:
+            continue
+        for slot, pattern in _PROFILE_READS.items():
+            m = pattern.search(fact.group(2))
+            if slot in offered and m:
+                found[slot] = {"slot": slot, "value": m.group(1), "sources": [f"f{fact.group(1)}"]}
+    return {"updates": list(found.values())}
 
 
 def chat_answer(system: str) -> str:

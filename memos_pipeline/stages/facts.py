@@ -18,6 +18,7 @@ from memos_pipeline.config import Settings
 from memos_pipeline.embedders import Embedder
 from memos_pipeline.llm import LLMClient
 from memos_pipeline.stages import llm_stage
+from memos_pipeline.stages import profile as profile_stage
 from memos_pipeline.stages import prompts as ex
 from memos_pipeline.storage import db
 from memos_pipeline.storage.db import session_scope
@@ -57,6 +58,8 @@ def run_memreader(
                 _apply_fact(s, settings, embedder, llm, ingest, batch, b * FACT_KEY_STRIDE + j, facts[j], vec, res)
 
             llm_stage.embed_and_apply(s, embedder, [f"{f.memory_key}: {f.memory_value}" for f in facts], apply, res)
+        # The user's profile follows the facts just written (stages/profile.py: the model, or the rules).
+        profile_stage.update_profile(s, llm, ingest, llm.usage)
     return res
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -325,4 +326,65 @@ class KnowledgeBaseFile(Base):
     __table_args__ = (
         Index("ix_knowledgebase_files_base", "knowledgebase_id", "status", "created_at"),
         Index("ix_knowledgebase_files_tenant_hash", "tenant_id", "content_hash"),
+    )
+
+
+class ProfileTemplate(Base):
+    """A tenant's profile template (MemOS /bind/profile_template): the slots a bound profile has."""
+
+    __tablename__ = "profile_templates"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    template_id: Mapped[str] = mapped_column(String(256))
+    slots: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)  # [{name, description, group, algorithm_updatable}]
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (UniqueConstraint("tenant_id", "template_id", name="uq_profile_templates_tenant_template"),)
+
+
+class ProfileInstance(Base):
+    """That a user (or a user's agent, ``agent_id``; "" for the user's own) has a profile, and its template."""
+
+    __tablename__ = "profile_instances"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(256))
+    agent_id: Mapped[str] = mapped_column(String(256), default="", server_default="")
+    template_id: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (UniqueConstraint("tenant_id", "user_id", "agent_id", name="uq_profile_instances_owner"),)
+
+
+class ProfileSlot(Base):
+    """One version of one profile slot. A change writes a new version and archives the old (never an overwrite);
+    ``sources`` are the facts/preferences it came from ([{"type", "id"}]); ``origin`` llm | rule | edit."""
+
+    __tablename__ = "profile_slots"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(256))
+    agent_id: Mapped[str] = mapped_column(String(256), default="", server_default="")
+    slot: Mapped[str] = mapped_column(String(128))
+    slot_group: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    value: Mapped[Any] = mapped_column(JSONB)  # a string, or a list of strings (languages)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="activated")  # activated | archived | deleted
+    origin: Mapped[str] = mapped_column(String(16))
+    algorithm_updatable: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    ingest_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("ingests.id", ondelete="SET NULL"))
+    created_at: Mapped[dt.datetime] = _now()
+    updated_at: Mapped[dt.datetime] = _now()
+    __table_args__ = (
+        Index("ix_profile_slots_owner", "tenant_id", "user_id", "agent_id", "slot", "version"),
+        Index(
+            "uq_profile_slots_active",
+            "tenant_id",
+            "user_id",
+            "agent_id",
+            "slot",
+            unique=True,
+            postgresql_where=text("status = 'activated'"),
+        ),
     )
