@@ -121,6 +121,7 @@ def search_memories() -> tuple[Response, int]:
     cfg = settings()
     text_mem: list[dict[str, Any]] = []
     pref_mem: list[dict[str, Any]] = []
+    tool_mem: list[dict[str, Any]] = []
     info: dict[str, Any] = {}
     ignored = set(req.ignored())
     note = ""
@@ -131,6 +132,9 @@ def search_memories() -> tuple[Response, int]:
         if req.include_preference:
             prefs = [server_item(p, cube) for p in out["preference_detail_list"]]
             pref_mem.append({"cube_id": cube, "memories": prefs})
+        if req.search_tool_memory:  # our search answers them under tool_memory_detail_list (api/search.py)
+            tools = [server_item(t, cube) for t in out.get("tool_memory_detail_list", [])]
+            tool_mem.append({"cube_id": cube, "memories": tools})
         note = note or out["preference_note"]
         info[cube] = out["search"]
         ignored.update(out["ignored"])
@@ -140,7 +144,7 @@ def search_memories() -> tuple[Response, int]:
         "para_mem": [],
         "pref_mem": pref_mem,
         "pref_note": note,  # a string, never null (as MemOS answers it)
-        "tool_mem": [],
+        "tool_mem": tool_mem,
         "skill_mem": [],
         "search": info,
         "ignored": sorted(ignored),

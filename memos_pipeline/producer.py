@@ -97,6 +97,8 @@ class Producer:
 MESSAGE_MODELS: dict[str, type[BaseModel]] = {
     "memos.chunker.accept": AcceptJob,
     "memos.chunker.chunk": IngestJob,
+    "memos.chunker.document": IngestJob,  # a knowledge-base file's ingest
+    "memos.chunker.tools": IngestJob,  # an add's tool calls, as tool memories
     "memos.memreader.extract": IngestJob,
     "memos.preference.extract": IngestJob,
     "memos.memreader.feedback": IngestJob,

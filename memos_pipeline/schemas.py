@@ -282,7 +282,7 @@ class StatusRequest(_ClientRequest):
 
 
 class IngestJob(BaseModel):
-    """One ingest's stage: memos.chunker.chunk, memos.memreader.extract, memos.preference.extract."""
+    """One ingest's stage: memos.chunker.chunk / .document / .tools, memos.memreader.extract, memos.preference.extract."""
 
     model_config = ConfigDict(extra="forbid")
     v: Literal[1] = 1
