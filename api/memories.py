@@ -30,7 +30,7 @@ from memos_pipeline.schemas import (
 )
 from memos_pipeline.search import filters
 from memos_pipeline.search.recall import memory_item, preference_item
-from memos_pipeline.storage import ingests, memories
+from memos_pipeline.storage import ingests, memories, profiles
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.filters import Target, compile_filter, memory_target, preference_target
 from memos_pipeline.storage.models import Message
@@ -106,6 +106,10 @@ def memory_page(req: GetMemoryRequest) -> dict[str, Any]:
             data["preference_total"] = pref_total
         if req.include_tool_memory:
             data["tool_memory_detail_list"] = []
+        # The user's profile (api/profile.py) when there is one, as /search/memory answers it.
+        found = profiles.profile_items(s, g.tenant_id, req.user_id, req.agent_id)
+        if found:
+            data["profile_detail_list"] = found
         return data
 
 

@@ -130,6 +130,8 @@ def test_profile_edited_locked_removed_and_deleted_through_the_api(
     assert data["success"] is True and sorted(data["updated"]) == ["location", "pets"] and data["removed"] == ["name"]
     assert data["profile"]["profile"] == {"location": "Valencia", "pets": ["cat"]}
     assert post(api, auth, "/edit/profile", edit)["updated"] == []  # the same edit again writes nothing
+    [listed] = post(api, auth, "/get/memory", {"user_id": user})["profile_detail_list"]
+    assert listed["profile"] == {"location": "Valencia", "pets": ["cat"]}
 
     # The locked slot stays as the human set it; the model (the user has a profile now) fills the others.
     add_and_wait(api, auth, user, "I live in Seville now. I work as a chef.")
