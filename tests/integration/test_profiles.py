@@ -18,7 +18,9 @@ from sqlalchemy import select
 
 from fakes.llm import FakeLLM
 from memos_pipeline.config import Settings
-from memos_pipeline.storage import profiles
+from memos_pipeline.llm import LLMClient
+from memos_pipeline.stages import profile as profile_stage
+from memos_pipeline.storage import ingests, profiles
 from memos_pipeline.storage.db import session_scope
 from memos_pipeline.storage.models import Memory, Preference
 from memos_pipeline.storage.profiles import Owner
@@ -55,10 +57,12 @@ def post(client: FlaskClient, auth: dict[str, str], path: str, body: dict[str, A
     return resp.get_json()["data"] if status < 400 else resp.get_json()
 
 
-def add_and_wait(client: FlaskClient, auth: dict[str, str], user: str, *said: str) -> None:
+def add_and_wait(client: FlaskClient, auth: dict[str, str], user: str, *said: str) -> uuid.UUID:
     messages = [{"role": "user", "content": text} for text in said]
-    task = post(client, auth, "/add/message", {"user_id": user, "messages": messages}, 202)["task_id"]
+    added = post(client, auth, "/add/message", {"user_id": user, "messages": messages}, 202)
+    task = added["task_id"]
     wait_for(lambda: post(client, auth, "/get/status", {"task_id": task})["status"] == "done", task)
+    return uuid.UUID(added["ingest_id"])
 
 
 def profile_of(client: FlaskClient, auth: dict[str, str], user: str, **extra: Any) -> list[dict[str, Any]]:
@@ -78,7 +82,12 @@ def test_bound_profile_filled_by_the_model_versioned_with_sources(
     )
     assert bound["success"] is True and bound["bound"][0]["profile_template_id"] == "tpl-basic"
 
-    add_and_wait(api, auth, user, "Hi! My name is Alice Chen.", "I live in Lisbon and I work as a nurse.")
+    first = add_and_wait(api, auth, user, "Hi! My name is Alice Chen.", "I live in Lisbon and I work as a nurse.")
+    assert fake_llm.calls()["counts"].get("profile") == 1
+    # A redelivered memreader task replays the stored answer: no second call, nothing written twice.
+    with session_scope(llm_stack) as s:
+        ingest = ingests.get_ingest(s, first)
+        assert profile_stage.update_profile(s, LLMClient(llm_stack), ingest) == 0
     assert fake_llm.calls()["counts"].get("profile") == 1
     [prof] = profile_of(api, auth, user)
     assert prof["profile_template_id"] == "tpl-basic"
@@ -108,6 +117,23 @@ def test_bound_profile_filled_by_the_model_versioned_with_sources(
             (1, "Lisbon", "archived"),
             (2, "Porto", "activated"),
         ]
+
+
+def test_unusable_model_answer_falls_back_to_the_rules(
+    api: FlaskClient, auth: dict[str, str], fake_llm: FakeLLM
+) -> None:
+    user = f"prof-{uuid.uuid4().hex[:8]}"
+    post(
+        api,
+        auth,
+        "/bind/profile_template",
+        {"bind_list": [{"user_id": user, "profile_template_id": "tpl-basic", "slots": SLOTS}]},
+    )
+    fake_llm.script(routes={"profile": [{"content": "not json {"}, {"content": '{"updates": [{"slot": 1}]}'}]})
+    add_and_wait(api, auth, user, "My name is Eve Stone.")
+    assert fake_llm.calls()["counts"]["profile"] == 2  # the answer and its repair round, then the rules
+    [prof] = profile_of(api, auth, user)
+    assert prof["profile"] == {"name": "Eve Stone"} and prof["slots"][0]["origin"] == "rule"
 
 
 def test_profile_edited_locked_removed_and_deleted_through_the_api(
