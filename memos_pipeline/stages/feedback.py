@@ -31,6 +31,7 @@ from memos_pipeline.llm import LLMClient
 from memos_pipeline.schemas import SearchFilters, SearchJob, and_filters
 from memos_pipeline.search import service
 from memos_pipeline.stages import llm_stage
+from memos_pipeline.stages import profile as profile_stage
 from memos_pipeline.stages.prompts import mostly_cjk
 from memos_pipeline.storage import memories
 from memos_pipeline.storage.db import session_scope
@@ -176,6 +177,8 @@ def run_feedback(
         ).scalar_one()
         out = FeedbackExtraction.model_validate(stored)
         _apply(s, settings, embedder, llm, ingest, out, res)
+        # The user's profile follows the facts a feedback adds, as it follows an add's (stages/profile.py).
+        profile_stage.update_profile(s, llm, ingest, llm.usage)
     return res
 
 

@@ -225,3 +225,15 @@ def _tenant(s: Any, user: str) -> uuid.UUID:
     from memos_pipeline.storage.models import ProfileInstance
 
     return s.execute(select(ProfileInstance.tenant_id).where(ProfileInstance.user_id == user)).scalar_one()
+
+
+def test_a_feedback_fills_the_profile_as_an_add_does(api: FlaskClient, auth: dict[str, str]) -> None:
+    """/add/feedback writes facts through the memreader too (the fake model turns the feedback into one fact); the
+    profile follows them exactly as it follows an add's."""
+    user = f"prof-{uuid.uuid4().hex[:8]}"
+    body = {"user_id": user, "conversation_id": "c", "feedback_content": "I live in Lisbon now, not in Porto."}
+    task = post(api, auth, "/add/feedback", body, 202)["task_id"]
+    wait_for(lambda: post(api, auth, "/get/status", {"task_id": task})["status"] == "done", task)
+    [prof] = profile_of(api, auth, user)
+    assert prof["profile"].get("location") == "Lisbon"
+    assert {s["origin"] for s in prof["slots"]} == {"rule"}
