@@ -95,7 +95,8 @@ class Settings(BaseSettings):
     # thread vs 100-1,400 ms with all, and 2.2 vs 0.5 sustainable adds/s of 10 messages. 0: torch's default.
     torch_threads: int = Field(1, ge=0, validation_alias=_env("MEMOS_TORCH_THREADS"))
     # Local models per embedding process, each running one call at a time on one core (coalesce.py): under load the
-    # chunker then keeps every core embedding instead of one. 0: one per core.
+    # chunker then keeps every core embedding instead of one. 0: one per core, at most 4 (a model takes ~90 MB, and
+    # every embedding worker of a large host would load one per core).
     embed_lanes: int = Field(0, ge=0, validation_alias=_env("MEMOS_EMBED_LANES"))
 
     # --- pipeline ---
@@ -162,7 +163,7 @@ class Settings(BaseSettings):
 
     @property
     def lanes(self) -> int:
-        return self.embed_lanes or os.cpu_count() or 1
+        return self.embed_lanes or min(os.cpu_count() or 1, 4)
 
     @property
     def builds_graph(self) -> bool:
