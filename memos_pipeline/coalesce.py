@@ -2,7 +2,7 @@
 
 A model call costs a fixed overhead plus a little per text, and one call runs on one core (torch with one thread:
 intra-op threads scale poorly on batches this small and fight the other processes for the cores). So a process
-holds one model per lane (``MEMOS_EMBED_LANES``, as many as the cores by default; the fast tokenizer is not
+holds one model per lane (``MEMOS_EMBED_LANES``, one per core by default, at most 4; the fast tokenizer is not
 thread-safe, so lanes never share one), and while every lane is busy the callers that arrive wait in a queue; the
 next caller to find a lane free takes the whole queue with it: one call for all of them. Nobody waits for a timer:
 an idle process embeds a lone request at once, a busy one batches by itself, the batch grows exactly as fast as the
