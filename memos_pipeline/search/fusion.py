@@ -9,7 +9,7 @@ Two methods, picked by ``MEMOS_FUSION`` and compared on the LoCoMo harness:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 RRF_K = 60
 
@@ -67,19 +67,22 @@ def gated(
     weights: Mapping[str, float],
     floor: float,
     full: float,
+    exact: Collection[str] = (),
 ) -> dict[str, float]:
     """:func:`weighted` over a dense list (cosines, as they are) and a lexical one (max-scaled), the lexical score of
     each candidate multiplied by :func:`semantic_gate` of its cosine. ``dense`` must hold the cosine of every
     lexical candidate it has a vector for (the search reads it with the row). A candidate without one (a window
     whose vector is not written yet) keeps its lexical score ungated: there is no cosine to judge it by, and
-    hiding it would make a fresh memory unfindable."""
+    hiding it would make a fresh memory unfindable. So does a candidate in ``exact`` (it holds every word asked
+    for): a name, code or id looked up by itself means nothing to the model, and the gate would hide the one
+    memory that has it."""
     wd, wl = weights.get("dense", 1.0), weights.get("bm25", 1.0)
     total = (wd + wl) or 1.0
     # Two passes over plain dicts (the search runs this on a few hundred candidates per query: keep it cheap).
     fused = {doc_id: wd * min(max(c, 0.0), 1.0) / total for doc_id, c in dense.items()}
     for doc_id, s in max_normalise(lexical).items():
         c = dense.get(doc_id)
-        gate = 1.0 if c is None else semantic_gate(c, floor, full)
+        gate = 1.0 if c is None or doc_id in exact else semantic_gate(c, floor, full)
         if gate > 0.0:
             fused[doc_id] = fused.get(doc_id, 0.0) + wl * min(s, 1.0) * gate / total
         else:

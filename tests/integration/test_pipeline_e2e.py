@@ -344,3 +344,22 @@ def test_windows_are_keyword_searchable_before_their_vectors(settings: Settings,
         ).scalar_one() == len(result.memory_ids)
         assert ingests.get_ingest(s, acc.ingest_id).status == "done"  # type: ignore[union-attr]
     assert any("Zanzibar" in v for v in found(["dense"]))
+
+
+def test_a_code_word_finds_the_one_memory_that_holds_it(
+    workers: Settings, client: FlaskClient, auth: dict[str, str]
+) -> None:
+    """A made-up code looked up by itself means nothing to the model; BM25 finds the memory that holds it, and the
+    fusion must rank it first even among memories closer by meaning to anything at all."""
+    user = f"code_{uuid.uuid4().hex[:6]}"
+    chat = [
+        {"role": "user", "content": "We talked about gardening, tomatoes and the rain this spring."},
+        {"role": "assistant", "content": "Tomatoes love warm soil; wait for the rain to stop."},
+        {"role": "user", "content": "My locker combination at the gym is qzvrk7731, remember it please."},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Also I planted basil next to the peppers and some mint in a pot."},
+        {"role": "assistant", "content": "Mint spreads, the pot is wise."},
+    ]
+    wait_done(client, auth, add(client, auth, user_id=user, conversation_id="c", messages=chat)["task_id"])
+    hits = search(client, auth, user_id=user, query="qzvrk7731", top_k=1, mode="fast")
+    assert hits and "qzvrk7731" in hits[0]["memory_value"], hits

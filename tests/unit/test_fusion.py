@@ -140,3 +140,14 @@ def test_gated_equals_weighted_above_the_gate_and_keeps_unvectored_keyword_hits(
     assert fused["b"] == pytest.approx((0.5 + 1.0) / 2)
     assert fused["fresh"] == pytest.approx(0.75 / 2)
     assert gated({}, {}, w, 0.2, 0.4) == {}
+
+
+def test_gated_keeps_a_keyword_hit_holding_every_word_asked_for() -> None:
+    """A code or id looked up by itself: the model sees nothing in it (low cosine everywhere), BM25 finds the one
+    memory that holds it; the gate must not hide that memory behind whatever is closest by meaning."""
+    dense = {"has-code": 0.05, "unrelated": 0.18}
+    lexical = {"has-code": 7.0}
+    w = {"dense": 1.0, "bm25": 1.0}
+    assert top(gated(dense, lexical, w, 0.2, 0.4), 1)[0][0] == "unrelated"
+    fused = gated(dense, lexical, w, 0.2, 0.4, exact={"has-code"})
+    assert top(fused, 1)[0][0] == "has-code" and fused["has-code"] == pytest.approx((0.05 + 1.0) / 2)
