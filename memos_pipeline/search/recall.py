@@ -21,6 +21,7 @@ from memos_pipeline.schemas import SearchJob
 from memos_pipeline.search import context, filters, fusion, temporal
 from memos_pipeline.search import graph as graph_recall
 from memos_pipeline.search.query import build_query
+from memos_pipeline.stages.index import indexed_text
 from memos_pipeline.storage import ingests
 from memos_pipeline.storage.bm25 import Bm25Index, Bm25Query
 from memos_pipeline.storage.filters import compile_filter, memory_target, preference_target
@@ -138,13 +139,13 @@ def fast_search(
     cosine: dict[str, float] = {}
     if use_dense:
         # A window is stored before its vector is written (stages/chunk.py): until then only BM25 finds it.
-        rows = session.execute(scoped.where(Memory.embedding.isnot(None)).order_by(distance).limit(n_cand)).all()
+        has_vector = Memory.embedding.isnot(None)
+        rows = session.execute(scoped.where(has_vector).order_by(distance).limit(n_cand)).all()
         if not exact and len(rows) < n_cand:
             # The index walk stopped early (hnsw.max_scan_tuples: a large scope that is still a small part of a
             # much larger table): rank the scope exactly instead of returning too few candidates.
             exact_distance = _distance(Memory.embedding, qvec, True)
-            exact_scoped = _scoped(job).options(defer(Memory.embedding)).add_columns(exact_distance)
-            exact_scoped = exact_scoped.where(Memory.embedding.isnot(None))
+            exact_scoped = _scoped(job).options(defer(Memory.embedding)).add_columns(exact_distance).where(has_vector)
             rows = session.execute(exact_scoped.order_by(exact_distance).limit(n_cand)).all()
         for m, d in rows:
             # 1 - d in Python is the same IEEE double Postgres computed for the old ``1 - distance`` column.
@@ -209,11 +210,8 @@ def _holding_every_word(
     if not words:
         return set()
 
-    def indexed(m: Memory) -> str:  # the text BM25 indexed (stages/index.bm25_doc)
-        return m.memory_value if m.kind == "raw" else f"{m.memory_key}\n{m.memory_value}"
-
     weak = [i for i in lexical if cosine.get(i, 1.0) < GATE_FULL]
-    return {i for i in weak if words <= frozenset(tokenize(indexed(by_id[i])))}
+    return {i for i in weak if words <= frozenset(tokenize(indexed_text(by_id[i])))}
 
 
 def _bm25(index: Bm25Index, job: SearchJob, text: str, n: int) -> list[tuple[str, float]]:

@@ -19,9 +19,13 @@ from memos_pipeline.text.tokenizer import analyzed
 log = logging.getLogger(__name__)
 
 
+def indexed_text(m: Memory) -> str:
+    """What BM25 indexes of a memory: a raw window's text; a fact's (or other kind's) key and value."""
+    return f"{m.memory_key}\n{m.memory_value}" if m.kind != "raw" else m.memory_value
+
+
 def bm25_doc(m: Memory) -> Bm25Doc:
-    text = f"{m.memory_key}\n{m.memory_value}" if m.kind != "raw" else m.memory_value
-    return Bm25Doc(str(m.id), str(m.tenant_id), m.user_id, m.conversation_id, m.kind, analyzed(text))
+    return Bm25Doc(str(m.id), str(m.tenant_id), m.user_id, m.conversation_id, m.kind, analyzed(indexed_text(m)))
 
 
 def index_memories(index: Bm25Index, memories: list[Memory]) -> int:

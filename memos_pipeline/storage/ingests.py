@@ -49,7 +49,8 @@ def open_ingest(
     dedup_window_s: float = 0.0,
 ) -> Accepted:
     """Write an ingest row and the outbox row of its first task (``task_name``, ``payload(ingest_id)``) in the
-    caller's transaction: once committed, the ingest is durable. Every kind of ingest opens here (adds, feedbacks).
+    caller's transaction: once committed, the ingest is durable. Every kind of ingest opens here (adds, feedbacks,
+    knowledge-base files, tool memories).
 
     With an ``idempotency_key`` already used by this tenant, nothing is written and the earlier ingest is
     returned (``duplicate=True``): retries and redeliveries stay one ingest. Without one, an ingest whose
@@ -81,12 +82,10 @@ def open_ingest(
         .returning(Ingest.id)
     ).scalar_one_or_none()
     if inserted is None:  # this Idempotency-Key was used before: that ingest is the answer
-        prev = session.execute(
-            select(Ingest.id, Ingest.task_id, OutboxItem.id, OutboxItem.sent_at)
-            .join(OutboxItem, OutboxItem.ingest_id == Ingest.id)
-            .where(Ingest.tenant_id == tenant_id, Ingest.idempotency_key == idempotency_key)
-        ).one()
-        return Accepted(prev[0], prev[1], prev[2], duplicate=True, published=prev[3] is not None)
+        prev = _earlier(session, Ingest.tenant_id == tenant_id, Ingest.idempotency_key == idempotency_key)
+        if prev is None:  # the insert waited for the conflicting row to commit, so it is there
+            raise RuntimeError(f"Idempotency-Key {idempotency_key!r} conflicts with an ingest that cannot be read")
+        return prev
     outbox_id = session.execute(
         insert(OutboxItem)
         .values(
@@ -170,14 +169,20 @@ def _recent_same(session: Session, tenant_id: uuid.UUID, content_key: str, windo
     session.execute(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"add/{tenant_id}/{content_key}"}
     )
+    return _earlier(
+        session,
+        Ingest.tenant_id == tenant_id,
+        Ingest.content_key == content_key,
+        Ingest.created_at > func.clock_timestamp() - dt.timedelta(seconds=window_s),
+    )
+
+
+def _earlier(session: Session, *conds: ColumnElement[bool]) -> Accepted | None:
+    """The latest ingest matching ``conds``, as the answer to a repeat of it (duplicate; published or not yet)."""
     row = session.execute(
         select(Ingest.id, Ingest.task_id, OutboxItem.id, OutboxItem.sent_at)
         .join(OutboxItem, OutboxItem.ingest_id == Ingest.id)
-        .where(
-            Ingest.tenant_id == tenant_id,
-            Ingest.content_key == content_key,
-            Ingest.created_at > func.clock_timestamp() - dt.timedelta(seconds=window_s),
-        )
+        .where(*conds)
         .order_by(Ingest.created_at.desc())
         .limit(1)
     ).first()
