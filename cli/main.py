@@ -261,6 +261,28 @@ def bench(messages: int, per_add: int, as_json: bool, compare: str | None) -> No
     click.echo(json.dumps(result, indent=2))
 
 
+@main.command("bench-scale")
+@click.option(
+    "--sizes",
+    default="10000,100000,1000000",
+    show_default=True,
+    help="Store sizes (memories in the table), comma-separated, built incrementally in one database.",
+)
+@click.option("--searches", default=100, show_default=True, help="Known-answer searches per shape and size.")
+@click.option("--heavy-share", default=0.2, show_default=True, help="Share of the filler owned by the heavy user.")
+@click.option("--jobs", is_flag=True, help="Also time a full re-index at the largest size.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+def bench_scale(sizes: str, searches: int, heavy_share: float, jobs: bool, as_json: bool) -> None:
+    """Search recall and latency from 10k to 1M memories, many users and one heavy user; prints JSON."""
+    from evaluation.scale_bench import Options, run_scale_bench
+
+    opts = Options(
+        sizes=tuple(int(s) for s in sizes.split(",") if s), searches=searches, heavy_share=heavy_share, jobs=jobs
+    )
+    result = run_scale_bench(get_settings(), opts, progress=not as_json)
+    click.echo(json.dumps(result, indent=2))
+
+
 from cli.batchjob import reembed as _reembed  # noqa: E402  (heavy imports inside are lazy)
 from cli.batchjob import reindex as _reindex  # noqa: E402
 

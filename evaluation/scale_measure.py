@@ -1,0 +1,210 @@
+"""What ``bench-scale`` measures for one shape at one size (:mod:`evaluation.scale_bench` says why and how).
+
+The dense step is the service's own: the scope, distance and plan choice are imported from
+``memos_pipeline.search.recall`` (never copied), so a change to the plan there is what this measures next run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import numpy as np
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session, defer
+
+from cli.harness import Isolated
+from evaluation import metrics
+from memos_pipeline.config import Settings
+from memos_pipeline.embedders import get_embedder
+from memos_pipeline.schemas import SearchJob
+from memos_pipeline.search import recall, service
+from memos_pipeline.storage.bm25 import get_index
+from memos_pipeline.storage.db import session_scope
+from memos_pipeline.storage.models import Memory
+
+TOP_K = 10
+WARMUP = 5
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A known-answer query: ``target`` is the client id of the one user message it asks about."""
+
+    user: str
+    query: str
+    target: str
+
+
+def latency(samples: list[float]) -> dict[str, float | int | None]:
+    return metrics.latency_summary(samples, extra=("mean",), digits=2)
+
+
+def found(items: list[dict[str, Any]], target: str) -> bool:
+    return any(target in (m.get("sources") or ()) for m in items[:TOP_K])
+
+
+@contextmanager
+def forced_exact() -> Iterator[None]:
+    """The service's search with every scope ranked exactly (the dense plan's own exact branch)."""
+    with mock.patch.object(recall, "_small_scope", lambda *_: True):
+        yield
+
+
+def n_candidates(cfg: Settings) -> int:
+    return max((4 if cfg.search_dedup_turns else 2) * TOP_K, recall.MIN_CANDIDATES)
+
+
+def _dense_select(job: SearchJob, qvec: np.ndarray, exact: bool, limit: int) -> Any:
+    distance = recall._distance(Memory.embedding, qvec, exact)
+    return (
+        recall._scoped(job)
+        .options(defer(Memory.embedding))
+        .add_columns(distance)
+        .where(Memory.embedding.isnot(None))
+        .order_by(distance)
+        .limit(limit)
+    )
+
+
+@dataclass
+class Dense:
+    ms: float
+    exact_plan: bool
+    fell_back: bool
+    ann: list[Memory]
+    brute: list[Memory]
+
+
+def dense_step(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> Dense:
+    """The service's dense step as fast_search runs it (plan choice, ef_search, fallback), timed; then the scope's
+    brute-force top 10 in the same transaction."""
+    t0 = time.perf_counter()
+    exact = recall._small_scope(s, job, n_cand)
+    rows = s.execute(_dense_select(job, qvec, exact, n_cand)).all()
+    fell_back = not exact and len(rows) < n_cand
+    if fell_back:
+        rows = s.execute(_dense_select(job, qvec, True, n_cand)).all()
+    ms = (time.perf_counter() - t0) * 1000
+    brute = [m for m, _ in s.execute(_dense_select(job, qvec, True, TOP_K)).all()]
+    return Dense(ms, exact, fell_back, [m for m, _ in rows[:TOP_K]], brute)
+
+
+def explain(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> dict[str, Any]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the dense query the service would run now, summarised."""
+    exact = recall._small_scope(s, job, n_cand)  # also sets this transaction's ef_search, as the service does
+    compiled = _dense_select(job, qvec, exact, n_cand).compile(dialect=postgresql.dialect(paramstyle="named"))
+    params = [bindparam(k, v, type_=compiled.binds[k].type) for k, v in compiled.params.items()]
+    sql = text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {compiled}").bindparams(*params)
+    plan = s.execute(sql).scalar_one()[0]
+    nodes: list[str] = []
+    indexes: list[str] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        name = node["Node Type"]
+        if "Index Name" in node:
+            indexes.append(node["Index Name"])
+            name += f" on {node['Index Name']}"
+        nodes.append(f"{name} (rows {node.get('Actual Rows')}, {node.get('Actual Total Time')} ms)")
+        for child in node.get("Plans", ()):
+            walk(child)
+
+    top = plan["Plan"]
+    walk(top)
+    return {
+        "plan": "exact" if exact else "hnsw",
+        "ef_search": s.execute(text("SELECT current_setting('hnsw.ef_search')")).scalar_one(),
+        "iterative_scan": s.execute(text("SELECT current_setting('hnsw.iterative_scan')")).scalar_one(),
+        "indexes": indexes,
+        "nodes": nodes,
+        "rows": top.get("Actual Rows"),
+        "execution_ms": plan.get("Execution Time"),
+        "shared_hit_blocks": top.get("Shared Hit Blocks"),
+        "shared_read_blocks": top.get("Shared Read Blocks"),
+    }
+
+
+def scope_rows(s: Session, job: SearchJob) -> int:
+    return int(
+        s.execute(
+            text(
+                "SELECT count(*) FROM memories WHERE tenant_id = :t AND user_id = :u AND status = 'activated' "
+                "AND embedding IS NOT NULL"
+            ),
+            {"t": job.tenant_id, "u": job.user_id},
+        ).scalar_one()
+    )
+
+
+def measure_shape(h: Isolated, probes: list[Probe], searches: int, bar: Any = None) -> dict[str, Any]:
+    """Every figure of one shape at the current size (module docstring of :mod:`evaluation.scale_bench`)."""
+    cfg = h.settings
+    queue = [probes[i % len(probes)] for i in range(searches)]
+    jobs = [SearchJob(tenant_id=h.tenant_id, user_id=p.user, query=p.query, top_k=TOP_K) for p in queue]
+    # 1. through the API, one at a time, after a warm-up
+    for p in queue[:WARMUP]:
+        h.api.search(p.user, p.query, top_k=TOP_K)
+    api_ms: list[float] = []
+    steps: dict[str, list[float]] = {}
+    api_hits = 0
+    for p in queue:
+        ms, data = h.api.search(p.user, p.query, top_k=TOP_K)
+        api_ms.append(ms)
+        api_hits += found(data["memory_detail_list"], p.target)
+        for step, step_ms in (data.get("timings_ms") or {}).items():
+            steps.setdefault(step, []).append(float(step_ms))
+        if bar is not None:
+            bar.update()
+    # 2. the same searches in process, dense step forced exact
+    with forced_exact():
+        exact_hits = sum(found(service.search(cfg, job).memories, p.target) for job, p in zip(jobs, queue, strict=True))
+    # 3. the dense step alone against brute force, and the BM25 step alone
+    vectors = get_embedder(cfg).embed([p.query for p in queue])
+    n_cand = n_candidates(cfg)
+    dense_ms: list[float] = []
+    overlap: list[float] = []
+    ann_hits = brute_hits = fallbacks = exact_plans = 0
+    with session_scope(cfg) as s:
+        rows_in_scope = scope_rows(s, jobs[0])
+    for job, p, qvec in zip(jobs, queue, vectors, strict=True):
+        with session_scope(cfg) as s:
+            d = dense_step(s, job, qvec, n_cand)
+        dense_ms.append(d.ms)
+        overlap.append(len({m.id for m in d.ann} & {m.id for m in d.brute}) / max(1, len(d.brute)))
+        ann_hits += any(p.target in (m.sources or ()) for m in d.ann)
+        brute_hits += any(p.target in (m.sources or ()) for m in d.brute)
+        fallbacks += d.fell_back
+        exact_plans += d.exact_plan
+    index = get_index(cfg) if cfg.bm25_call else None
+    bm25_ms: list[float] = []
+    if index is not None:
+        for job in jobs:
+            t0 = time.perf_counter()
+            recall._bm25(index, job, job.query, n_cand)
+            bm25_ms.append((time.perf_counter() - t0) * 1000)
+    with session_scope(cfg) as s:
+        plan = explain(s, jobs[0], vectors[0], n_cand)
+    n = len(queue)
+    return {
+        "scope_rows": rows_in_scope,
+        "searches": n,
+        "recall_api": round(api_hits / n, 4),
+        "recall_exact": round(exact_hits / n, 4),
+        "search_ms": latency(api_ms),
+        "worker_steps_ms": {k: latency(v) for k, v in steps.items()},
+        "dense": {
+            "ms": latency(dense_ms),
+            "plan_exact_share": round(exact_plans / n, 3),
+            "fallbacks": fallbacks,
+            "ann_overlap_at_10": round(float(np.mean(overlap)), 4),
+            "recall_ann": round(ann_hits / n, 4),
+            "recall_brute_force": round(brute_hits / n, 4),
+            "explain": plan,
+        },
+        "bm25_ms": latency(bm25_ms),
+    }
