@@ -9,10 +9,13 @@ user who owns ``heavy_share`` of all filler (20%: 200,000 memories at 1M, "one h
 filler (:mod:`evaluation.scale_load`) is COPYed in with the HNSW index dropped, the index is built again (timed),
 the table ANALYZEd, and the new rows go into BM25 through the indexer worker (timed). Then per shape:
 
-- **Known answers.** Each query targets one stored user message: its longest sentence with the last quarter of
-  its words cut (``scale_load.shortened``), the way someone half-remembering a detail types it. The slot values
-  (names, dates, prices) make it distinctive; the answer is found when a top-10 result's ``sources`` holds the
-  message. ``recall_api``: through the API (the service's real plan). ``recall_exact``: the service's own search
+- **Known answers.** Two of every three user messages of the measured conversations state a fact of a vocabulary
+  the filler never uses (``scale_load.known_facts``: "The spare key to the boathouse is hidden under the banjo by
+  the sundial."), and each query is that fact's question ("where is the spare key to the boathouse hidden"), a
+  paraphrase sharing only its key nouns. The answer is found when a top-10 result's ``sources`` holds the message.
+  Why not a sentence of the chat itself: the filler is the same generator's chat (28 templates), so at 200,000
+  rows a user has thousands of near-copies of any generated sentence and even the exact ranking finds almost none
+  (measured: brute-force recall 0.05 at 5,000 rows); the ratio of two near-zero recalls says nothing. ``recall_api``: through the API (the service's real plan). ``recall_exact``: the service's own search
   function run in this process on the same store with the dense step forced exact (its ``+ 0`` distance, which the
   HNSW index cannot serve): the same fusion and BM25, so the gap between the two is what the approximate dense plan
   loses. ``recall_ratio`` is api / exact at the largest size, worst shape.
@@ -77,19 +80,27 @@ def _target(value: float | None, op: str, bound: float) -> dict[str, Any]:
 
 
 def add_measured(h: Isolated, opts: Options, bar: Any = None) -> dict[str, list[Probe]]:
-    """Every measured user's conversations through the API, waited for: the known-answer probes of each user."""
+    """Every measured user's conversations through the API, waited for: the known-answer probes of each user.
+
+    The conversations are the chat generator's; two of every three user messages are replaced by a known fact
+    (``scale_load.known_facts``), whose question is the probe."""
     gen = ConversationGenerator(7)
     probes: dict[str, list[Probe]] = {}
     ids: list[str] = []
     for user in (NORMAL_USER, HEAVY_USER):
+        facts = iter(load.known_facts(user, min(200, opts.conversations * opts.messages)))
         mine: list[Probe] = []
         for c in range(opts.conversations):
             conv = f"{user}-c{c}"
             msgs = gen.conversation(conv, opts.messages)
+            for k, m in enumerate(msgs):
+                fact = next(facts, None) if m["role"] == "user" and k % 3 != 2 else None
+                if fact is not None:
+                    m["content"] = fact[0]
+                    mine.append(Probe(user, fact[1], m["id"]))
             for k in range(0, len(msgs), PER_ADD):
                 _, data = h.api.add(user, conv, msgs[k : k + PER_ADD])
                 ids.append(str(data["ingest_id"]))
-            mine += [Probe(user, load.shortened(m["content"]), m["id"]) for m in msgs if m["role"] == "user"]
         probes[user] = mine
     h.api.wait_done(ids, timeout=600, bar=bar)
     return probes

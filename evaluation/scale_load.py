@@ -22,7 +22,6 @@ into the stack's own BM25 index, growing one store from size to size.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -297,13 +296,90 @@ def remove_filler(cfg: Settings, shape: Shape) -> int:
     return len(ids)
 
 
-SENTENCE = re.compile(r"(?<=[.!?])\s+")
+# ---------------------------------------------------------------- the measured users' known answers
+
+# Facts of a vocabulary the chat generator (and so the filler) never uses, each with a question asking for it: the
+# filler imitates the bulk of a store, the known answers the rare specific memory a user comes back for.
+FACTS = (
+    (
+        "The spare key to the {place} is hidden under the {object} by the {feature}.",
+        "where is the spare key to the {place} hidden",
+    ),
+    (
+        "I lent my {object} to {friend} from the {club}; she swore to bring it back by {day}.",
+        "who borrowed my {object}",
+    ),
+    ("At the {place} a {animal} kept stealing {food} out of the {object}.", "which animal stole {food} at the {place}"),
+    (
+        "My grandfather's {object} from {town} still smells faintly of {smell}.",
+        "what does grandfather's {object} smell of",
+    ),
+    (
+        "We named the {animal} that lives by the {place} {pet}, because it adores {food}.",
+        "what is the {animal} by the {place} called",
+    ),
+    ("The {club} meets in the {place} on the first {day} of every month.", "when and where does the {club} meet"),
+)
+SLOTS = {
+    "place": (
+        "boathouse",
+        "greenhouse",
+        "bell tower",
+        "old mill",
+        "allotment shed",
+        "lighthouse",
+        "wine cellar",
+        "tree house",
+        "pottery barn",
+        "ferry terminal",
+        "chapel crypt",
+        "bee yard",
+    ),
+    "object": (
+        "brass telescope",
+        "copper kettle",
+        "accordion",
+        "sewing machine",
+        "microscope",
+        "banjo",
+        "typewriter",
+        "sextant",
+        "butter churn",
+        "gramophone",
+        "abacus",
+        "harpsichord",
+    ),
+    "feature": ("rain barrel", "sundial", "stone owl", "broken gate", "ivy trellis", "rusty anchor"),
+    "friend": ("Ingrid", "Bartholomew", "Zofia", "Ezekiel", "Marisol", "Thaddeus", "Ottilie", "Ignatius"),
+    "club": (
+        "chess club",
+        "birdwatching society",
+        "beekeepers' guild",
+        "astronomy circle",
+        "knitting circle",
+        "model railway club",
+        "choir",
+        "fencing club",
+    ),
+    "day": ("Tuesday", "Thursday", "Saturday", "Sunday", "Monday", "Friday"),
+    "animal": ("heron", "tortoise", "ferret", "badger", "magpie", "hedgehog", "otter", "goat"),
+    "food": ("figs", "walnuts", "blueberries", "anchovies", "marzipan", "crackers", "plums"),
+    "town": ("Tromso", "Valparaiso", "Zanzibar", "Ulaanbaatar", "Timbuktu", "Galway", "Cusco"),
+    "smell": ("pipe tobacco", "cedar", "engine oil", "lavender", "peat smoke", "beeswax"),
+    "pet": ("Archimedes", "Pudding", "Captain", "Mustard", "Noodle", "Socrates", "Waffles"),
+}
 
 
-def shortened(content: str) -> str:
-    """The query for a known answer: the message's longest sentence, its last quarter of words dropped (at least
-    six kept) and its punctuation stripped, as a user half-remembering a detail would type it."""
-    sentence = max(SENTENCE.split(content), key=len)
-    words = sentence.split()
-    keep = max(6, -(-len(words) * 3 // 4))
-    return " ".join(words[:keep]).rstrip(".,;:!?")
+def known_facts(user: str, n: int) -> list[tuple[str, str]]:
+    """``n`` (statement, question) pairs for ``user``, distinct by question, seeded by the user."""
+    import random
+
+    rng, out, seen = random.Random(f"scale-facts:{user}"), list[tuple[str, str]](), set[str]()
+    while len(out) < n:
+        statement, question = rng.choice(FACTS)
+        values = {k: rng.choice(v) for k, v in SLOTS.items()}
+        q = question.format(**values)
+        if q not in seen:
+            seen.add(q)
+            out.append((statement.format(**values), q))
+    return out

@@ -6,6 +6,7 @@ The dense step is the service's own: the scope, distance and plan choice are imp
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,7 +101,9 @@ def explain(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> dict[s
     exact = recall._small_scope(s, job, n_cand)  # also sets this transaction's ef_search, as the service does
     compiled = _dense_select(job, qvec, exact, n_cand).compile(dialect=postgresql.dialect(paramstyle="named"))
     params = [bindparam(k, v, type_=compiled.binds[k].type) for k, v in compiled.params.items()]
-    sql = text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {compiled}").bindparams(*params)
+    # text() does not see ``:name::TYPE`` as a parameter: drop the casts, the typed bindparams carry the types.
+    body = re.sub(r"(:\w+)::\w+", r"\1", str(compiled))
+    sql = text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {body}").bindparams(*params)
     plan = s.execute(sql).scalar_one()[0]
     nodes: list[str] = []
     indexes: list[str] = []
