@@ -147,6 +147,8 @@ def run_scale_bench(
     with _stack(settings, on) as h:
         cfg = h.settings
         shape = load.Shape(h.tenant_id, NORMAL_USER, HEAVY_USER, opts.users, opts.tenants, opts.heavy_share)
+        # On a shared stack the rows other runs left are not counted: sizes are what this run holds.
+        base = load.count_rows(cfg) if on is not None else 0
         try:
             with tqdm(total=2 * opts.conversations * -(-opts.messages // PER_ADD), desc="measured users: ingests",
                       disable=bar_off) as bar:  # fmt: skip
@@ -158,7 +160,7 @@ def run_scale_bench(
             filler_rows = 0
             for size in sizes:
                 have = load.count_rows(cfg)
-                new = max(0, size - have)
+                new = max(0, size + base - have)
                 t0 = time.perf_counter()
                 load.drop_hnsw(cfg)
                 with tqdm(total=new, desc=f"{size:,}: COPY filler", disable=bar_off, unit="row") as bar:
