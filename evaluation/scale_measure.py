@@ -73,9 +73,13 @@ def _dense_select(job: SearchJob, qvec: np.ndarray, exact: bool, limit: int) -> 
     )
 
 
+EF_SWEEP = (40, 80, 160, 320, 640)  # hnsw.ef_search values tried on the HNSW plan's query alone
+
+
 @dataclass
 class Dense:
     ms: float
+    count_ms: float  # of it, the plan choice (the capped scope count)
     exact_plan: bool
     fell_back: bool
     ann: list[Memory]
@@ -87,13 +91,51 @@ def dense_step(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> Den
     brute-force top 10 in the same transaction."""
     t0 = time.perf_counter()
     exact = recall._small_scope(s, job, n_cand)
+    t1 = time.perf_counter()
     rows = s.execute(_dense_select(job, qvec, exact, n_cand)).all()
     fell_back = not exact and len(rows) < n_cand
     if fell_back:
         rows = s.execute(_dense_select(job, qvec, True, n_cand)).all()
     ms = (time.perf_counter() - t0) * 1000
     brute = [m for m, _ in s.execute(_dense_select(job, qvec, True, TOP_K)).all()]
-    return Dense(ms, exact, fell_back, [m for m, _ in rows[:TOP_K]], brute)
+    return Dense(ms, (t1 - t0) * 1000, exact, fell_back, _nearest(rows), brute)
+
+
+def _nearest(rows: Any) -> list[Memory]:
+    """The top 10 of the candidates by distance: relaxed_order walks return them only roughly sorted, and the
+    fusion scores every candidate by its cosine, so the order the walk returned them in does not matter there."""
+    return [m for m, _ in sorted(rows, key=lambda r: float(r[1]))[:TOP_K]]
+
+
+def ef_sweep(cfg: Settings, jobs: list[SearchJob], vectors: np.ndarray, targets: list[str], n_cand: int) -> Any:
+    """The HNSW query alone (no plan choice) at each ``EF_SWEEP`` ef_search: its time, its top 10's overlap with
+    brute force and its known-answer recall. The evidence for choosing ef_search."""
+    out: dict[str, Any] = {}
+    brute: list[set[Any]] = []
+    with session_scope(cfg) as s:
+        brute = [
+            {m.id for m, _ in s.execute(_dense_select(j, v, True, TOP_K)).all()}
+            for j, v in zip(jobs, vectors, strict=True)
+        ]
+    for ef in EF_SWEEP:
+        ms: list[float] = []
+        overlap: list[float] = []
+        hits = 0
+        with session_scope(cfg) as s:
+            s.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef)})
+            for job, v, want, target in zip(jobs, vectors, brute, targets, strict=True):
+                t0 = time.perf_counter()
+                rows = s.execute(_dense_select(job, v, False, n_cand)).all()
+                ms.append((time.perf_counter() - t0) * 1000)
+                top = _nearest(rows)
+                overlap.append(len({m.id for m in top} & want) / max(1, len(want)))
+                hits += any(target in (m.sources or ()) for m in top)
+        out[str(ef)] = {
+            "ms": latency(ms),
+            "ann_overlap_at_10": round(float(np.mean(overlap)), 4),
+            "recall_ann": round(hits / len(jobs), 4),
+        }
+    return out
 
 
 def explain(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> dict[str, Any]:
@@ -170,6 +212,7 @@ def measure_shape(h: Isolated, probes: list[Probe], searches: int, bar: Any = No
     vectors = get_embedder(cfg).embed([p.query for p in queue])
     n_cand = n_candidates(cfg)
     dense_ms: list[float] = []
+    count_ms: list[float] = []
     overlap: list[float] = []
     ann_hits = brute_hits = fallbacks = exact_plans = 0
     with session_scope(cfg) as s:
@@ -178,6 +221,7 @@ def measure_shape(h: Isolated, probes: list[Probe], searches: int, bar: Any = No
         with session_scope(cfg) as s:
             d = dense_step(s, job, qvec, n_cand)
         dense_ms.append(d.ms)
+        count_ms.append(d.count_ms)
         overlap.append(len({m.id for m in d.ann} & {m.id for m in d.brute}) / max(1, len(d.brute)))
         ann_hits += any(p.target in (m.sources or ()) for m in d.ann)
         brute_hits += any(p.target in (m.sources or ()) for m in d.brute)
@@ -193,6 +237,7 @@ def measure_shape(h: Isolated, probes: list[Probe], searches: int, bar: Any = No
     with session_scope(cfg) as s:
         plan = explain(s, jobs[0], vectors[0], n_cand)
     n = len(queue)
+    sweep = ef_sweep(cfg, jobs, vectors, [p.target for p in queue], n_cand) if exact_plans < n else None
     return {
         "scope_rows": rows_in_scope,
         "searches": n,
@@ -202,12 +247,14 @@ def measure_shape(h: Isolated, probes: list[Probe], searches: int, bar: Any = No
         "worker_steps_ms": {k: latency(v) for k, v in steps.items()},
         "dense": {
             "ms": latency(dense_ms),
+            "plan_choice_ms": latency(count_ms),
             "plan_exact_share": round(exact_plans / n, 3),
             "fallbacks": fallbacks,
             "ann_overlap_at_10": round(float(np.mean(overlap)), 4),
             "recall_ann": round(ann_hits / n, 4),
             "recall_brute_force": round(brute_hits / n, 4),
             "explain": plan,
+            "ef_search_sweep": sweep,
         },
         "bm25_ms": latency(bm25_ms),
     }
