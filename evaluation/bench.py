@@ -277,6 +277,7 @@ def stage_timings(settings: Settings, ingest_ids: list[str]) -> dict[str, Any]:
             "chunker_embed",
             "chunker_other",
             "indexer",
+            "indexer_bm25",
             "accepted_to_indexed",
             "accepted_to_vectors",
             "accepted_to_done",
@@ -291,6 +292,7 @@ def stage_timings(settings: Settings, ingest_ids: list[str]) -> dict[str, Any]:
                 "chunker_embed": float(c["embed_ms"]),
                 "chunker_other": float(c["ms"]) - float(c["embed_ms"]),
                 "indexer": float(x["ms"]),
+                "indexer_bm25": float(x["bm25_ms"]),
                 # The indexer starts once the windows are stored, before their vectors (stages/chunk.py): from
                 # the accept's commit to keyword-searchable, and to searchable by meaning as well.
                 "accepted_to_indexed": (ts(x["finished_at"]) - float(created)) * 1000,

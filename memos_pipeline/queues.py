@@ -22,6 +22,10 @@ class QueueSpec:
     concurrency: int
     embeds: bool  # loads the embedding model when the worker starts (warm before its first task)
     core: bool  # started by `up` and the harness whether or not an LLM is configured
+    # CPU niceness of this queue's worker. The stages that embed in bulk are throughput work: niced, they still get
+    # every idle cycle, but an add's 202, a BM25 upsert (time to searchable) and a search no longer queue behind a
+    # batch of window embeddings for the core (CFS gives a nice-0 task ~10x the share of a nice-10 one).
+    nice: int = 0
 
     @property
     def metrics_offset(self) -> int:
@@ -32,9 +36,13 @@ class QueueSpec:
 QUEUES: dict[str, QueueSpec] = {
     q.name: q
     for q in (
-        QueueSpec("chunker", "window messages, embed, write raw memories", "threads", 8, embeds=True, core=True),
-        QueueSpec("memreader", "LLM fact extraction, merge/dedup", "threads", 4, embeds=True, core=False),
-        QueueSpec("preference", "explicit/implicit preference extraction", "threads", 4, embeds=True, core=False),
+        QueueSpec(
+            "chunker", "window messages, embed, write raw memories", "threads", 8, embeds=True, core=True, nice=10
+        ),
+        QueueSpec("memreader", "LLM fact extraction, merge/dedup", "threads", 4, embeds=True, core=False, nice=10),
+        QueueSpec(
+            "preference", "explicit/implicit preference extraction", "threads", 4, embeds=True, core=False, nice=10
+        ),
         QueueSpec("indexer", "BM25 upserts/deletes, graph edges, re-index", "solo", 1, embeds=False, core=True),
         QueueSpec("search", "fast recall and fusion", "threads", 4, embeds=True, core=True),
         QueueSpec("reranker", "rerank candidates", "threads", 4, embeds=False, core=True),

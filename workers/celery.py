@@ -1,6 +1,7 @@
 """The shim ``celery -A workers.celery`` loads: the app from the one factory, with every queue's module."""
 
 import logging
+import os
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init
@@ -27,7 +28,9 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     pool = getattr(sender, "pool_cls", None)
     pool_name = f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', pool)}"
     # Before the model loads: the endpoint answers (with zeroes) while the worker warms up.
-    metrics.serve(app, settings, [q for q in QUEUES if settings.queue(q) in consumed], pool_name)
+    mine = [q for q in QUEUES if settings.queue(q) in consumed]
+    metrics.serve(app, settings, mine, pool_name)
+    _lower_priority(mine)
     if consumed & {settings.queue(q) for q in EMBEDDING_QUEUES}:
         from memos_pipeline.embedders import get_embedder
 
@@ -45,6 +48,14 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
             _WARM_IN_CHILDREN.add("search")
         else:
             _warm_search()
+
+
+def _lower_priority(queues: list[str]) -> None:
+    """Take the niceness of the queues this worker consumes (the most urgent one's, if it runs several): bulk
+    embedding yields the cores to the latency-bound work (API, indexer, search) without a cap on its own rate."""
+    nice = min((QUEUES[q].nice for q in queues), default=0)
+    if nice > 0:
+        os.nice(nice)  # before the pool starts: its threads and children inherit it
 
 
 _WARM_IN_CHILDREN: set[str] = set()  # filled before the fork, read by each child

@@ -5,6 +5,7 @@ memories. Upserts activated memories, deletes archived and deleted ones.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from memos_pipeline.config import Settings
@@ -48,7 +49,9 @@ def index_ingest(settings: Settings, index: Bm25Index, ingest_id: uuid.UUID) -> 
             return 0
         lifecycle.mark_stage(s, ingest_id, "indexer", "running")
         memories = memory_rows.memories_of_ingest(s, ingest_id)
+    t0 = time.perf_counter()
     n = index_memories(index, memories)
+    bm25_ms = round((time.perf_counter() - t0) * 1000, 2)
     with session_scope(settings) as s:
-        lifecycle.mark_stage(s, ingest_id, "indexer", "done", documents=n)
+        lifecycle.mark_stage(s, ingest_id, "indexer", "done", documents=n, bm25_ms=bm25_ms)
     return n
