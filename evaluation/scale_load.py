@@ -44,7 +44,9 @@ NOISE = 0.01  # per dimension: a noise vector of norm ~0.2 on 384 dimensions
 COPY_CHUNK = 20_000
 BM25_BATCH = 5_000
 FILLER_HASH = "scale-filler"  # content_hash prefix of every filler row (a shared database is cleaned by it)
-MAINTENANCE_WORK_MEM = "2GB"
+# The graph must fit for the fast in-memory build: ~2.2 kB an element at 384 dimensions and m=16, so 1M rows need
+# more than 2 GB (pgvector then finishes on disk, much slower); 4 GB leaves room on this 24 GB machine.
+MAINTENANCE_WORK_MEM = "4GB"
 PARALLEL_MAINTENANCE_WORKERS = 2
 COLUMNS = (
     ("id", "uuid"),

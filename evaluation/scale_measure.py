@@ -86,6 +86,9 @@ class Dense:
     brute: list[Memory]
 
 
+CUSTOM_PLANS = text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
+
+
 def dense_step(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> Dense:
     """The service's dense step as fast_search runs it (plan choice, ef_search, fallback), timed; then the scope's
     brute-force top 10 in the same transaction."""
@@ -108,7 +111,7 @@ def _nearest(rows: Any) -> list[Memory]:
 
 
 def ef_sweep(cfg: Settings, jobs: list[SearchJob], vectors: np.ndarray, targets: list[str], n_cand: int) -> Any:
-    """The HNSW query alone (no plan choice) at each ``EF_SWEEP`` ef_search: its time, its top 10's overlap with
+    """The HNSW query alone (no plan choice, custom plans) at each ``EF_SWEEP`` ef_search: its time, its top 10's overlap with
     brute force and its known-answer recall. The evidence for choosing ef_search."""
     out: dict[str, Any] = {}
     brute: list[set[Any]] = []
@@ -122,6 +125,7 @@ def ef_sweep(cfg: Settings, jobs: list[SearchJob], vectors: np.ndarray, targets:
         overlap: list[float] = []
         hits = 0
         with session_scope(cfg) as s:
+            s.execute(CUSTOM_PLANS)  # else a generic plan may ignore the index and ef_search with it
             s.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef)})
             for job, v, want, target in zip(jobs, vectors, brute, targets, strict=True):
                 t0 = time.perf_counter()
@@ -138,15 +142,7 @@ def ef_sweep(cfg: Settings, jobs: list[SearchJob], vectors: np.ndarray, targets:
     return out
 
 
-def explain(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> dict[str, Any]:
-    """EXPLAIN (ANALYZE, BUFFERS) of the dense query the service would run now, summarised."""
-    exact = recall._small_scope(s, job, n_cand)  # also sets this transaction's ef_search, as the service does
-    compiled = _dense_select(job, qvec, exact, n_cand).compile(dialect=postgresql.dialect(paramstyle="named"))
-    params = [bindparam(k, v, type_=compiled.binds[k].type) for k, v in compiled.params.items()]
-    # text() does not see ``:name::TYPE`` as a parameter: drop the casts, the typed bindparams carry the types.
-    body = re.sub(r"(:\w+)::\w+", r"\1", str(compiled))
-    sql = text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {body}").bindparams(*params)
-    plan = s.execute(sql).scalar_one()[0]
+def _plan_summary(plan: dict[str, Any]) -> dict[str, Any]:
     nodes: list[str] = []
     indexes: list[str] = []
 
@@ -162,9 +158,6 @@ def explain(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> dict[s
     top = plan["Plan"]
     walk(top)
     return {
-        "plan": "exact" if exact else "hnsw",
-        "ef_search": s.execute(text("SELECT current_setting('hnsw.ef_search')")).scalar_one(),
-        "iterative_scan": s.execute(text("SELECT current_setting('hnsw.iterative_scan')")).scalar_one(),
         "indexes": indexes,
         "nodes": nodes,
         "rows": top.get("Actual Rows"),
@@ -172,6 +165,50 @@ def explain(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> dict[s
         "shared_hit_blocks": top.get("Shared Hit Blocks"),
         "shared_read_blocks": top.get("Shared Read Blocks"),
     }
+
+
+def _literal(value: Any, vector: bool) -> str:
+    if vector:
+        return "'[" + ",".join(repr(float(x)) for x in value) + "]'::vector"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''").replace(":", "\\:") + "'"
+
+
+def explain(s: Session, job: SearchJob, qvec: np.ndarray, n_cand: int) -> dict[str, Any]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the dense query the service would run now, summarised: planned for these
+    values (a custom plan, as the first executions of a statement on a connection are), and planned once for any
+    values (the generic plan Postgres may switch to once psycopg has prepared the statement)."""
+    exact = recall._small_scope(s, job, n_cand)  # also sets this transaction's ef_search, as the service does
+    compiled = _dense_select(job, qvec, exact, n_cand).compile(dialect=postgresql.dialect(paramstyle="named"))
+    names = list(compiled.params)
+    params = [bindparam(k, v, type_=compiled.binds[k].type) for k, v in compiled.params.items()]
+    # text() does not see ``:name::TYPE`` as a parameter: drop the casts, the typed bindparams carry the types.
+    body = re.sub(r"(:\w+)::\w+", r"\1", str(compiled))
+    sql = text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {body}").bindparams(*params)
+    out = {
+        "plan": "exact" if exact else "hnsw",
+        "ef_search": s.execute(text("SELECT current_setting('hnsw.ef_search')")).scalar_one(),
+        "iterative_scan": s.execute(text("SELECT current_setting('hnsw.iterative_scan')")).scalar_one(),
+        **_plan_summary(s.execute(sql).scalar_one()[0]),
+    }
+    try:
+        # The vector parameter has no cast of its own (every other one has): give it one on both sides.
+        vector = {n for n in names if type(compiled.binds[n].type).__name__.upper() == "VECTOR"}
+        numbered = str(compiled)
+        for k, name in enumerate(names, 1):
+            numbered = re.sub(rf":{name}\b", f"CAST(${k} AS vector)" if name in vector else f"${k}", numbered)
+        with s.begin_nested():
+            s.execute(text("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"))
+            s.execute(text(f"PREPARE scale_dense AS {numbered}"))
+            # Literals: Postgres cannot type the parameters of an EXPLAIN EXECUTE's arguments.
+            args = ", ".join(_literal(compiled.params[n], n in vector) for n in names)
+            run = text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE scale_dense({args})")
+            out["generic_plan"] = _plan_summary(s.execute(run).scalar_one()[0])
+            s.execute(text("DEALLOCATE scale_dense"))
+    except Exception as exc:  # evidence only: never fail the run for it
+        out["generic_plan"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return out
 
 
 def scope_rows(s: Session, job: SearchJob) -> int:
@@ -184,6 +221,38 @@ def scope_rows(s: Session, job: SearchJob) -> int:
             {"t": job.tenant_id, "u": job.user_id},
         ).scalar_one()
     )
+
+
+def dense_figures(
+    cfg: Settings, jobs: list[SearchJob], vectors: np.ndarray, targets: list[str], n_cand: int, *, custom: bool
+) -> dict[str, Any]:
+    """The dense step of every query against brute force: times, plan, overlap, known-answer recall."""
+    dense_ms: list[float] = []
+    count_ms: list[float] = []
+    overlap: list[float] = []
+    ann_hits = brute_hits = fallbacks = exact_plans = 0
+    for job, target, qvec in zip(jobs, targets, vectors, strict=True):
+        with session_scope(cfg) as s:
+            if custom:
+                s.execute(CUSTOM_PLANS)
+            d = dense_step(s, job, qvec, n_cand)
+        dense_ms.append(d.ms)
+        count_ms.append(d.count_ms)
+        overlap.append(len({m.id for m in d.ann} & {m.id for m in d.brute}) / max(1, len(d.brute)))
+        ann_hits += any(target in (m.sources or ()) for m in d.ann)
+        brute_hits += any(target in (m.sources or ()) for m in d.brute)
+        fallbacks += d.fell_back
+        exact_plans += d.exact_plan
+    n = len(jobs)
+    return {
+        "ms": latency(dense_ms),
+        "plan_choice_ms": latency(count_ms),
+        "plan_exact_share": round(exact_plans / n, 3),
+        "fallbacks": fallbacks,
+        "ann_overlap_at_10": round(float(np.mean(overlap)), 4),
+        "recall_ann": round(ann_hits / n, 4),
+        "recall_brute_force": round(brute_hits / n, 4),
+    }
 
 
 def measure_shape(h: Isolated, probes: list[Probe], searches: int, bar: Any = None) -> dict[str, Any]:
@@ -211,22 +280,13 @@ def measure_shape(h: Isolated, probes: list[Probe], searches: int, bar: Any = No
     # 3. the dense step alone against brute force, and the BM25 step alone
     vectors = get_embedder(cfg).embed([p.query for p in queue])
     n_cand = n_candidates(cfg)
-    dense_ms: list[float] = []
-    count_ms: list[float] = []
-    overlap: list[float] = []
-    ann_hits = brute_hits = fallbacks = exact_plans = 0
     with session_scope(cfg) as s:
         rows_in_scope = scope_rows(s, jobs[0])
-    for job, p, qvec in zip(jobs, queue, vectors, strict=True):
-        with session_scope(cfg) as s:
-            d = dense_step(s, job, qvec, n_cand)
-        dense_ms.append(d.ms)
-        count_ms.append(d.count_ms)
-        overlap.append(len({m.id for m in d.ann} & {m.id for m in d.brute}) / max(1, len(d.brute)))
-        ann_hits += any(p.target in (m.sources or ()) for m in d.ann)
-        brute_hits += any(p.target in (m.sources or ()) for m in d.brute)
-        fallbacks += d.fell_back
-        exact_plans += d.exact_plan
+    targets = [p.target for p in queue]
+    dense = dense_figures(cfg, jobs, vectors, targets, n_cand, custom=False)
+    # The same with plan_cache_mode = force_custom_plan: psycopg prepares a statement run 5 times on a connection,
+    # and Postgres may then plan it once for any tenant and user (a generic plan, sized for an average scope).
+    custom = dense_figures(cfg, jobs, vectors, targets, n_cand, custom=True)
     index = get_index(cfg) if cfg.bm25_call else None
     bm25_ms: list[float] = []
     if index is not None:
@@ -237,7 +297,7 @@ def measure_shape(h: Isolated, probes: list[Probe], searches: int, bar: Any = No
     with session_scope(cfg) as s:
         plan = explain(s, jobs[0], vectors[0], n_cand)
     n = len(queue)
-    sweep = ef_sweep(cfg, jobs, vectors, [p.target for p in queue], n_cand) if exact_plans < n else None
+    sweep = ef_sweep(cfg, jobs, vectors, targets, n_cand) if dense["plan_exact_share"] < 1 else None
     return {
         "scope_rows": rows_in_scope,
         "searches": n,
@@ -245,16 +305,7 @@ def measure_shape(h: Isolated, probes: list[Probe], searches: int, bar: Any = No
         "recall_exact": round(exact_hits / n, 4),
         "search_ms": latency(api_ms),
         "worker_steps_ms": {k: latency(v) for k, v in steps.items()},
-        "dense": {
-            "ms": latency(dense_ms),
-            "plan_choice_ms": latency(count_ms),
-            "plan_exact_share": round(exact_plans / n, 3),
-            "fallbacks": fallbacks,
-            "ann_overlap_at_10": round(float(np.mean(overlap)), 4),
-            "recall_ann": round(ann_hits / n, 4),
-            "recall_brute_force": round(brute_hits / n, 4),
-            "explain": plan,
-            "ef_search_sweep": sweep,
-        },
+        "dense": {**dense, "explain": plan, "ef_search_sweep": sweep},
+        "dense_custom_plans": custom,
         "bm25_ms": latency(bm25_ms),
     }
