@@ -22,7 +22,11 @@ the table VACUUM (ANALYZE)d (as autovacuum would leave a store that grew slowly)
 - **The dense step alone**: the service's own dense SQL (``recall._scoped`` / ``_distance`` / ``_small_scope``,
   imported, not copied), timed in this process with the query vector given; its top 10 against the brute-force top
   10 of the same scope (``ann_overlap_at_10``), its known-answer recall against brute force, and one
-  ``EXPLAIN (ANALYZE, BUFFERS)`` summary (plan nodes, index used, rows, time, buffers).
+  ``EXPLAIN (ANALYZE, BUFFERS)`` summary (plan nodes, index used, rows, time, buffers) of the plan made for the
+  query's values and of the generic plan (made once for any values: Postgres may switch to it once psycopg has
+  prepared a statement, i.e. from its 6th execution on a connection). ``dense_custom_plans`` repeats the step with
+  ``plan_cache_mode = force_custom_plan``, and for a scope on the HNSW plan ``ef_search_sweep`` runs the index
+  query alone at several ``hnsw.ef_search``: the evidence for the plan's constants.
 - **Latency**: each query once through ``/search/memory`` after a warm-up, one at a time: p50/p99, and the worker's
   own step timings (``timings_ms``); the BM25 step alone in this process (the search workers' reader).
 - **Sizes**: ``pg_table_size(memories)`` and the two search indexes; the BM25 directory on disk.

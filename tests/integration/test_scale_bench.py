@@ -11,6 +11,7 @@ import pytest
 from cli.harness import Isolated
 from evaluation import scale_load
 from evaluation.scale_bench import Options, run_scale_bench
+from evaluation.scale_measure import EF_SWEEP
 from memos_pipeline.config import Settings
 from memos_pipeline.search.recall import EXACT_SCOPE_MAX
 
@@ -57,5 +58,9 @@ def test_scale_bench_tiny(settings: Settings, http_stack: Isolated) -> None:
     assert heavy["dense"]["explain"]["plan"] == "hnsw"
     assert scale_load.HNSW_INDEX in heavy["dense"]["explain"]["indexes"]
     assert heavy["dense"]["plan_exact_share"] == 0.0
+    assert heavy["dense_custom_plans"]["plan_exact_share"] == 0.0
+    assert "indexes" in heavy["dense"]["explain"]["generic_plan"]  # the generic plan was explained, not an error
+    sweep = heavy["dense"]["ef_search_sweep"]
+    assert sweep is not None and set(sweep) == {str(ef) for ef in EF_SWEEP}
     # The normal user stays small, and exact, at every size.
     assert large["shapes"]["many_users"]["dense"]["explain"]["plan"] == "exact"
