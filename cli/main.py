@@ -288,13 +288,22 @@ def bench(messages: int, per_add: int, as_json: bool, compare: str | None) -> No
 @click.option("--searches", default=100, show_default=True, help="Known-answer searches per shape and size.")
 @click.option("--heavy-share", default=0.2, show_default=True, help="Share of the filler owned by the heavy user.")
 @click.option("--jobs", is_flag=True, help="Also time a full re-index at the largest size.")
+@click.option(
+    "--hnsw-with",
+    default="",
+    help="Build the HNSW index WITH these options instead, e.g. 'm = 32, ef_construction = 128'.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
-def bench_scale(sizes: str, searches: int, heavy_share: float, jobs: bool, as_json: bool) -> None:
+def bench_scale(sizes: str, searches: int, heavy_share: float, jobs: bool, hnsw_with: str, as_json: bool) -> None:
     """Search recall and latency from 10k to 1M memories, many users and one heavy user; prints JSON."""
     from evaluation.scale_bench import Options, run_scale_bench
 
     opts = Options(
-        sizes=tuple(int(s) for s in sizes.split(",") if s), searches=searches, heavy_share=heavy_share, jobs=jobs
+        sizes=tuple(int(s) for s in sizes.split(",") if s),
+        searches=searches,
+        heavy_share=heavy_share,
+        jobs=jobs,
+        hnsw_with=hnsw_with,
     )
     result = run_scale_bench(get_settings(), opts, progress=not as_json)
     click.echo(json.dumps(result, indent=2))

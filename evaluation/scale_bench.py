@@ -76,6 +76,7 @@ class Options:
     conversations: int = 3  # per measured user
     messages: int = 50  # per conversation
     jobs: bool = False
+    hnsw_with: str = ""  # e.g. "m = 32, ef_construction = 128": the HNSW index built with these instead
 
 
 def _target(value: float | None, op: str, bound: float) -> dict[str, Any]:
@@ -159,6 +160,8 @@ def run_scale_bench(
                 probes = add_measured(h, opts, bar)
             pool, pool_s = load.embed_pool(cfg, opts.pool)
             definition = load.hnsw_definition(cfg)
+            if opts.hnsw_with:
+                definition = f"{definition.split(' WITH (')[0]} WITH ({opts.hnsw_with})"
             per_size: dict[str, Any] = {}
             build_s = 0.0
             filler_rows = 0
@@ -202,11 +205,17 @@ def run_scale_bench(
             if on is not None:
                 with contextlib.suppress(Exception):
                     load.remove_filler(cfg, shape)
-    return summarise(per_size, build_s, time.perf_counter() - t_start, pool_s, opts, jobs)
+    return summarise(per_size, build_s, time.perf_counter() - t_start, pool_s, opts, jobs, definition)
 
 
 def summarise(
-    per_size: dict[str, Any], build_s: float, total_s: float, pool_s: float, opts: Options, jobs: dict[str, Any]
+    per_size: dict[str, Any],
+    build_s: float,
+    total_s: float,
+    pool_s: float,
+    opts: Options,
+    jobs: dict[str, Any],
+    definition: str,
 ) -> dict[str, Any]:
     keys = sorted(per_size, key=int)
     small, large = per_size[keys[0]], per_size[keys[-1]]
@@ -250,6 +259,7 @@ def summarise(
             "users": opts.users,
             "tenants": opts.tenants,
             "heavy_share": opts.heavy_share,
+            "hnsw_index": definition,
             "pool_texts": opts.pool,
             "pool_embed_s": round(pool_s, 1),
             "noise_sigma": load.NOISE,
