@@ -4,7 +4,8 @@ A model call costs a fixed overhead plus a little per text, and one call runs on
 intra-op threads scale poorly on batches this small and fight the other processes for the cores). So a process
 holds one model per lane (``MEMOS_EMBED_LANES``, one per core by default, at most 4; the fast tokenizer is not
 thread-safe, so lanes never share one), and while every lane is busy the callers that arrive wait in a queue; the
-next caller to find a lane free takes the whole queue with it: one call for all of them. Nobody waits for a timer:
+next caller to find a lane free takes its lane's share of the queue with it (the queued texts divided by the
+lanes): one call for several of them, and the rest for the next free lane. Nobody waits for a timer:
 an idle process embeds a lone request at once, a busy one batches by itself, the batch grows exactly as fast as the
 load does, and under load every lane (every core) works. This is what lets the chunker's threads (one ingest each)
 and the search worker's threads (one query each) share the model without serialising on it.
@@ -58,12 +59,18 @@ class Coalescer:
                 if req.done:
                     break
                 lane = self._free.pop()
+                # FIFO, at most this lane's share of what is queued (and max_texts), always at least one request: a
+                # lane that took the whole queue left the other lanes idle until it was done, and the callers it
+                # carried could not bring new work meanwhile (the bench's drain left most of a core idle).
+                share = min(self.max_texts, -(-sum(len(r.texts) for r in self._pending) // len(self.lanes)))
                 batch: list[_Request] = []
-                n = 0  # FIFO, up to max_texts, always at least one request
-                while self._pending and (not batch or n + len(self._pending[0].texts) <= self.max_texts):
+                n = 0
+                while self._pending and (not batch or n + len(self._pending[0].texts) <= share):
                     r = self._pending.pop(0)
                     batch.append(r)
                     n += len(r.texts)
+                if self._pending and self._free:
+                    self._cv.notify_all()  # what is left goes to another free lane now, not after this call
                 self.calls += 1
             self._compute(lane, batch)
         if req.error is not None:

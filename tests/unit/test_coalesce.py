@@ -79,3 +79,20 @@ def test_a_failed_call_fails_its_callers_only_and_frees_its_lane() -> None:
 def test_a_coalescer_needs_a_lane() -> None:
     with pytest.raises(ValueError):
         Coalescer([])
+
+
+def test_a_lane_takes_its_share_of_the_queue_and_leaves_the_rest_to_the_other() -> None:
+    # Eight callers queue while both lanes are busy: the next free lane takes half of the queued texts, not all of
+    # them, so the other lane gets the rest as soon as it is free instead of idling behind one long call.
+    two, shared = lanes(2)
+    c = Coalescer(two)
+    with ThreadPoolExecutor(10) as pool:
+        first = [pool.submit(c.run, [f"first{i}"]) for i in range(2)]  # occupy both lanes
+        time.sleep(0.01)
+        rest = [pool.submit(c.run, [f"t{i}a", f"t{i}b"]) for i in range(8)]
+        results = [f.result() for f in first + rest]
+    assert [r.shape for r in results[2:]] == [(2, 1)] * 8
+    queued_calls = [call for lane in two for call in lane.calls if not call[0].startswith("first")]
+    assert max(len(call) for call in queued_calls) <= 8  # 16 queued texts, 2 lanes: at most 8 a call
+    assert sum(len(call) for call in queued_calls) == 16
+    assert shared["most"] == 2
