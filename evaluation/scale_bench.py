@@ -7,7 +7,8 @@ by size. Before any filler, two **measured users** of the measured tenant get sy
 normal user, who also owns one share of the filler among 10,000 users in 100 tenants ("many users"), and a heavy
 user who owns ``heavy_share`` of all filler (20%: 200,000 memories at 1M, "one heavy user"). Then for each size the
 filler (:mod:`evaluation.scale_load`) is COPYed in with the HNSW index dropped, the index is built again (timed),
-the table VACUUM (ANALYZE)d (as autovacuum would leave a store that grew slowly), and the new rows go into BM25 through the indexer worker (timed). Then per shape:
+the table VACUUM (ANALYZE)d (as autovacuum would leave a store that grew slowly), and the new rows go into BM25
+through the indexer worker (timed). Then per shape:
 
 - **Known answers.** Two of every three user messages of the measured conversations state a fact of a vocabulary
   the filler never uses (``scale_load.known_facts``: "The spare key to the boathouse is hidden under the banjo by
@@ -15,10 +16,12 @@ the table VACUUM (ANALYZE)d (as autovacuum would leave a store that grew slowly)
   paraphrase sharing only its key nouns. The answer is found when a top-10 result's ``sources`` holds the message.
   Why not a sentence of the chat itself: the filler is the same generator's chat (28 templates), so at 200,000
   rows a user has thousands of near-copies of any generated sentence and even the exact ranking finds almost none
-  (measured: brute-force recall 0.05 at 5,000 rows); the ratio of two near-zero recalls says nothing. ``recall_api``: through the API (the service's real plan). ``recall_exact``: the service's own search
-  function run in this process on the same store with the dense step forced exact (its ``+ 0`` distance, which the
-  HNSW index cannot serve): the same fusion and BM25, so the gap between the two is what the approximate dense plan
-  loses. ``recall_ratio`` is api / exact at the largest size, worst shape.
+  (measured: brute-force recall 0.05 at 5,000 rows); the ratio of two near-zero recalls says nothing.
+  ``recall_api``: through the API (the service's real plan). ``recall_exact``: the service's own search function
+  run in this process on the same store with the dense step forced exact (its ``+ 0`` distance, which the HNSW
+  index cannot serve): the same fusion and BM25, so the gap between the two is what the approximate dense plan
+  loses. ``recall_ratio`` is api / exact at the largest size, worst shape; ``dense_recall_ratio`` the same for the
+  dense step alone (BM25 can make up in the fused result for what the dense step missed).
 - **The dense step alone**: the service's own dense SQL (``recall._scoped`` / ``_distance`` / ``_small_scope``,
   imported, not copied), timed in this process with the query vector given; its top 10 against the brute-force top
   10 of the same scope (``ann_overlap_at_10``), its known-answer recall against brute force, and one

@@ -288,7 +288,8 @@ def remove_filler(cfg: Settings, shape: Shape) -> int:
         ids = [
             r[0]
             for r in conn.execute(
-                "UPDATE memories SET status = 'deleted' WHERE tenant_id = ANY(%s) AND content_hash LIKE %s RETURNING id",
+                "UPDATE memories SET status = 'deleted' WHERE tenant_id = ANY(%s) AND content_hash LIKE %s"
+                " RETURNING id",
                 (tenants, f"{FILLER_HASH}:%"),
             )
         ]
