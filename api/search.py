@@ -86,7 +86,10 @@ def _fast(app: Celery, job: SearchJob, expires: float) -> _Reply:
 def _fine(app: Celery, job: SearchJob, expires: float, cache: bool, reply: _Reply | None = None) -> AsyncResult:
     """search.fast over a wide candidate set | reranker.rerank. That fast search also delivers its answer to
     ``reply``: mixture uses it as its fast answer, so a mixture search costs one search task, not two."""
-    wide = job.model_copy(update={"top_k": max(job.top_k, FINE_CANDIDATES)})
+    # Decomposing costs an LLM call: fine mode only, never for a fast answer someone waits on (mixture's reply).
+    cfg: Settings = app.conf.memos_settings
+    decompose = reply is None and cfg.fine_decompose and cfg.llm_enabled
+    wide = job.model_copy(update={"top_k": max(job.top_k, FINE_CANDIDATES), "decompose": decompose})
     chain = app.signature(
         "memos.search.fast",
         args=[wide.model_dump(mode="json")],
@@ -285,6 +288,8 @@ def run(cfg: Settings, req: SearchRequest) -> dict[str, Any]:
         if out is None:
             raise ApiError(504, TIMEOUT, f"search: no answer from the {mode} path within {cfg.search_timeout_s}s")
         info["reranked"] = bool(out.get("reranked", False))
+        if out.get("sub_queries"):
+            info["sub_queries"] = out["sub_queries"]
     memories = merge_passages(out["memories"] if out else [], bases, job.top_k, cfg.search_timeout_s)
     prefs = out["preferences"] if out else []
     if req.relativity is not None:  # MemOS: a minimum score, on the scores as returned

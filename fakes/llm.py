@@ -19,14 +19,14 @@ Scripting (per test, over HTTP):
   "defaults": {"facts": step, ...}, "content_by_match": [{"route": "facts", "match": "七天", ...step}]}``
   replaces the script (the call log is kept; ``"reset": true`` clears it too). The route of a request is chosen
   from its system prompt: ``USER FEEDBACK`` -> feedback, ``# Memories of this user`` -> chat (POST /chat),
-  ``USER PROFILE`` -> profile, ``MemReader`` -> facts, ``EXISTING memories`` -> merge,
+  ``USER PROFILE`` -> profile, ``SUB-QUESTIONS`` -> decompose, ``MemReader`` -> facts, ``EXISTING memories`` -> merge,
   ``preferences`` -> preferences.
   A request takes the next scripted step of its route; when there is none, the first ``content_by_match`` entry
   whose ``match`` occurs in the conversation (the first user message); else the route's default; else ``auto``.
 - A step: ``{"content": "<the model's answer>"}``, ``{"json": {...}}`` (serialised), ``{"auto": true}`` (a
   capable model: one fact per user message, in the conversation's language, with correct sources; an explicit
   and an implicit preference per conversation; merge says "new"; feedback adds the feedback as one fact and
-  changes nothing else; profile fills the name, location and occupation slots it is offered from
+  changes nothing else; decompose splits a question at "and" (else no parts); profile fills the name, location and occupation slots it is offered from
   facts that say "name is X", "lives in X", "works as a X", citing them; chat answers in plain text with the first memory it was shown, or says it remembers
   nothing), ``{"status": 429}`` / ``{"status": 500}`` (an
   OpenAI error body), ``{"drop": true}`` (close the connection without answering), and ``"delay": seconds`` before
@@ -128,6 +128,8 @@ def route_of(system: str) -> str:
         return "chat"
     if "USER PROFILE" in system:
         return "profile"
+    if "SUB-QUESTIONS" in system:
+        return "decompose"
     if "MemReader" in system:
         return "facts"
     if "EXISTING memories" in system or "long-term memory" in system:
@@ -223,6 +225,12 @@ def profile_answer(prompt: str) -> dict[str, Any]:
             if slot in offered and m:
                 found[slot] = {"slot": slot, "value": m.group(1), "sources": [f"f{fact.group(1)}"]}
     return {"updates": list(found.values())}
+
+
+def decompose_answer(question: str) -> dict[str, Any]:
+    """A question joined by "and" is two questions; anything else is simple."""
+    parts = [p.strip(" ?") for p in re.split(r"\band\b", question) if p.strip(" ?")]
+    return {"queries": parts if len(parts) > 1 else []}
 
 
 def chat_answer(system: str) -> str:
@@ -334,6 +342,8 @@ class Handler(JsonHandler):
                 content = json.dumps(step["json"], ensure_ascii=False)
             elif route == "chat":
                 content = chat_answer(system)
+            elif route == "decompose":
+                content = json.dumps(decompose_answer(conversation), ensure_ascii=False)
             else:
                 content = json.dumps(auto_answer(route, conversation), ensure_ascii=False)
             prompt_tokens = sum(tokens(m.get("content") or "") + 4 for m in messages)

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # to the query join it. Off by default: measured neutral-to-harmful where questions stand alone (LoCoMo).
     api_search_window_size: int = Field(5, ge=0, validation_alias=_env("API_SEARCH_WINDOW_SIZE"))
     api_search_history_turns: int = Field(0, ge=0, validation_alias=_env("API_SEARCH_HISTORY_TURNS"))
+    # Fine mode, with an LLM configured: the LLM splits a multi-hop question into parts, each searched too, before the
+    # rerank (search/decompose.py). Off by default: one more LLM call a search, and its gain depends on the model.
+    fine_decompose: bool = Field(False, validation_alias=_env("MEMOS_FINE_DECOMPOSE"))
     mos_reranker_backend: Literal["none", "http_bge", "http_bge_strategy", "cosine_local"] = Field(
         "none", validation_alias=_env("MOS_RERANKER_BACKEND")
     )

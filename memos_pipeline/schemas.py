@@ -313,6 +313,8 @@ class SearchJob(BaseModel):
     filters: SearchFilters = Field(default_factory=SearchFilters)
     filter: dict[str, Any] | None = Field(None, description="MemOS filter, checked by the API (search/filters.py)")
     channels: list[Literal["dense", "bm25"]] | None = None
+    # Fine mode with MEMOS_FINE_DECOMPOSE and an LLM: also search the parts the LLM splits the query into.
+    decompose: bool = False
     trace_id: str | None = None
 
 

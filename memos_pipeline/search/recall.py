@@ -57,6 +57,7 @@ class SearchOutput:
     memories: list[dict[str, Any]]
     preferences: list[dict[str, Any]]
     timings_ms: dict[str, float]
+    sub_queries: list[str] | None = None  # fine mode's decomposition (search/decompose.py), when it split the query
 
 
 def _iso(t: dt.datetime | None) -> str | None:
