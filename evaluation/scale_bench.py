@@ -41,6 +41,16 @@ exactly on the scope index; larger ones walk the HNSW index with ``hnsw.iterativ
 every connection, ``storage/db.py``) and ``ef_search`` twice the candidates asked for (80 at top_k 10), and fall back
 to the exact ranking when the walk returns too few. So the normal user is always exact, and the heavy user switches
 to HNSW once it holds more than 5,000 rows (between 10k and 100k at 20%).
+
+What it showed at 100k (2 shared cores, 2026-12-03): the heavy user's dense query does not run the plan recall.py
+chose. psycopg prepares it from its 6th execution on a connection, and Postgres then switches to a generic plan
+made for an average user (a few rows): the scope index and an exact sort over all 20,086 rows (25 ms, 20,000
+buffers), where the plan for the actual values walks the HNSW index (2.5 ms). Recall is exact by accident and the
+time linear in the user's rows (search p99 116 ms at 100k vs 22 ms at 10k). With custom plans forced (PGOPTIONS
+``-c plan_cache_mode=force_custom_plan`` on the same run) search p99 is 41 ms (ratio 1.35) and the fused
+known-answer recall stays 1.0, but the dense step alone finds 0.44 of the answers brute force finds 0.88 of
+(overlap@10 0.64 at ef_search 80; 0.88 at 640): rare memories are hard for the HNSW walk, while the chat
+generator's own queries reach overlap 0.97 at 80 and 0.998 at 640.
 """
 
 from __future__ import annotations
