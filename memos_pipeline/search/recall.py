@@ -310,10 +310,12 @@ def _distance(column: InstrumentedAttribute[Any], qvec: np.ndarray, exact: bool)
 def _small_scope(session: Session, job: SearchJob, n_cand: int) -> bool:
     """Whether the job's scope holds at most EXACT_SCOPE_MAX rows (counted on the scope index, stopping past the cap).
 
-    The same round trip sizes this transaction's HNSW candidate list to the candidates fast search asks for (the
-    default, 40, is fewer than it asks for from top_k 10 up); the exact path does not read it."""
+    The same round trip sizes this transaction's HNSW candidate list for the candidates fast search asks for; the
+    exact path does not read it. 16 per candidate (640 at top_k 10): measured with bench-scale on a 20k-row scope of
+    100k memories, overlap@10 with the exact ranking 0.53 at 80 and 0.88 at 640 for rare facts (0.97 and 0.998 for
+    ordinary chat queries), for 3.4 -> 5.0 ms."""
     capped = _scoped(job).with_only_columns(literal_column("1")).limit(EXACT_SCOPE_MAX + 1).subquery()
-    ef = min(max(2 * n_cand, 40), HNSW_EF_SEARCH_MAX)
+    ef = min(max(16 * n_cand, 40), HNSW_EF_SEARCH_MAX)
     count = select(func.count(), func.set_config("hnsw.ef_search", str(ef), True)).select_from(capped)
     return int(session.execute(count).one()[0]) <= EXACT_SCOPE_MAX
 
