@@ -46,6 +46,8 @@ def worker_command(
     concurrency = concurrency or spec.concurrency or os.cpu_count() or 1
     celery = "-m celery -A workers.celery worker --without-mingle --without-gossip"
     opts = ["-Q", name, "-n", f"{name}@%h", "-P", pool or spec.pool, "-c", str(concurrency), "-l", settings.log_level]
+    if spec.prefetch != 1:
+        opts += ["--prefetch-multiplier", str(spec.prefetch)]
     return [sys.executable, *celery.split(), *opts]
 
 
