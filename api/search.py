@@ -280,10 +280,12 @@ def run(cfg: Settings, req: SearchRequest) -> dict[str, Any]:
     info: dict[str, Any] = {"mode": mode}
     if mode == "mixture":
         out, info = _mixture(cfg, app, job)
+        profile = _profile(cfg, job, req)
     else:
         result = (
             _fast(app, job, cfg.search_timeout_s) if mode == "fast" else _fine(app, job, cfg.search_timeout_s, False)
         )
+        profile = _profile(cfg, job, req)  # read while the worker searches: off the answer's critical path
         out = _get(result, cfg.search_timeout_s)
         if out is None:
             raise ApiError(504, TIMEOUT, f"search: no answer from the {mode} path within {cfg.search_timeout_s}s")
@@ -309,9 +311,12 @@ def run(cfg: Settings, req: SearchRequest) -> dict[str, Any]:
         data["tool_memory_detail_list"] = tool_memories(tools, cfg.search_timeout_s)
     if req.include_skill:
         data["skill_detail_list"] = []
-    # The user's profile (api/profile.py) when there is one: MemOS returns it with every search.
-    with session_scope(cfg) as s:
-        found = profiles.profile_items(s, job.tenant_id, req.user_id, req.agent_id)
-    if found:
-        data["profile_detail_list"] = found
+    if profile:
+        data["profile_detail_list"] = profile
     return data
+
+
+def _profile(cfg: Settings, job: SearchJob, req: SearchRequest) -> list[dict[str, Any]]:
+    """The user's profile (api/profile.py), if there is one: MemOS returns it with every search."""
+    with session_scope(cfg) as s:
+        return profiles.profile_items(s, job.tenant_id, req.user_id, req.agent_id)
