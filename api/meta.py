@@ -116,6 +116,12 @@ _SERVER_ENVELOPE = {
 }
 # Statuses every POST route may answer, besides its success: see api/errors.py for when each is used.
 _ERROR_STATUSES = ("400", "401", "404", "413", "422", "429")
+# A request line over gunicorn's limit (4094 bytes: a long query string or path) is answered by gunicorn itself,
+# before the app sees it, with an HTML page; only the routes that take query or path parameters can run into it.
+_URI_TOO_LONG = {
+    "description": "URI too long: the request line is over gunicorn's 4094 bytes (answered by gunicorn, in HTML)",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
 # The search waits on the search (and reranker) workers: 502 when a worker failed, 504 when none answered in time.
 # The model calls: 503 when no LLM (or reranker) is configured, or it is unavailable for now (with Retry-After);
 # 502 when it failed or answered unusably. A chat searches first (502/504 as a search).
@@ -229,7 +235,7 @@ def _extra_paths(schemas: dict[str, Any], err: dict[str, Any]) -> dict[str, Any]
     """The routes that are not a POST of a JSON body: get-by-id, and MemOS's scheduler routes (query string, or
     an optional JSON body)."""
     envelope = _json("#/components/schemas/Envelope", "ok")
-    errors = dict.fromkeys(("400", "401", "413", "422", "429"), err)
+    errors = {**dict.fromkeys(("400", "401", "413", "422", "429"), err), "414": _URI_TOO_LONG}
     schema = SchedulerRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(schema.pop("$defs", {}))
     schemas[SchedulerRequest.__name__] = schema
@@ -263,7 +269,7 @@ def _extra_paths(schemas: dict[str, Any], err: dict[str, Any]) -> dict[str, Any]
                         "schema": {"type": "string", "format": "uuid"},
                     }
                 ],
-                "responses": {"200": envelope, "401": err, "404": err, "429": err},
+                "responses": {"200": envelope, "401": err, "404": err, "414": _URI_TOO_LONG, "429": err},
             }
         },
         "/scheduler/status": {
@@ -271,7 +277,7 @@ def _extra_paths(schemas: dict[str, Any], err: dict[str, Any]) -> dict[str, Any]
                 "summary": "Ingests in flight (of a user, or of the tenant)",
                 "security": [{"token": []}],
                 "parameters": [query[0], task],
-                "responses": {"200": envelope, "401": err, "404": err, "422": err, "429": err},
+                "responses": {"200": envelope, "401": err, "404": err, "414": _URI_TOO_LONG, "422": err, "429": err},
             },
             "post": {"summary": "Ingests in flight (of a user, or of the tenant)", **status_body},
         },
