@@ -27,10 +27,11 @@ from sqlalchemy import select
 from evaluation import locomo as locomo_mod
 from evaluation import metrics
 from evaluation import prefeval as prefeval_mod
+from evaluation import recall_feedback as feedback
 from evaluation.locomo import TokenCounter
 from memos_pipeline.config import get_settings
 from memos_pipeline.embedders import get_embedder
-from memos_pipeline.search import context, feedback, fusion, recall, temporal
+from memos_pipeline.search import context, fusion, recall, temporal
 from memos_pipeline.storage import ingests
 from memos_pipeline.storage.bm25 import Bm25Query, get_index
 from memos_pipeline.storage.db import session_scope
@@ -242,7 +243,7 @@ def gated_temporal(floor: float, full: float, date_bonus: float, when_bonus: flo
 
 
 def with_feedback(base: Ranker, weight: float, seed: int, n_terms: int, entities: bool = False) -> Ranker:
-    """``base`` then :func:`memos_pipeline.search.feedback.boost` (rare terms of the top ``seed`` hits; with
+    """``base`` then :func:`evaluation.recall_feedback.boost` (rare terms of the top ``seed`` hits; with
     ``entities``, only those of capitalised words: the entity-centred second stage)."""
 
     def rank(

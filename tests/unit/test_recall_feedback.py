@@ -1,4 +1,4 @@
-from memos_pipeline.search import feedback
+from evaluation import recall_feedback as feedback
 
 TEXTS = {
     "seed": "Melanie: my kids Luna and Oliver love the pottery class",
