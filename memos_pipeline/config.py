@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     pg_port: int = Field(54329, validation_alias=_env("MEMOS_PG_PORT"))
     # postgres refuses to run as root: when we are root, the embedded server runs as this OS user.
     pg_os_user: str = Field("memos", validation_alias=_env("MEMOS_PG_OS_USER"))
+    # The embedded server's shared_buffers in MB; 0: a quarter of the host's memory, between 256 MB and 8 GB. A store
+    # of a million memories holds ~2 GB of HNSW graph that every large-scope search walks: outside shared_buffers its
+    # pages come from the OS page cache, which the host may reclaim (bench-scale at 1M, heavy user: search p99
+    # 166 ms with 256 MB against 49 ms once cached). Read when the server starts (`memos-pipeline db stop` first).
+    pg_shared_buffers_mb: int = Field(0, ge=0, validation_alias=_env("MEMOS_PG_SHARED_BUFFERS_MB"))
     db_pool_size: int = Field(5, ge=1, validation_alias=_env("MEMOS_DB_POOL_SIZE"))
     bm25_path: Path | None = Field(None, validation_alias=_env("MEMOS_BM25_PATH"))
 

@@ -100,6 +100,15 @@ def is_running(settings: Settings) -> bool:
     return _port_open(settings.pg_port)
 
 
+def shared_buffers_mb(settings: Settings) -> int:
+    """MEMOS_PG_SHARED_BUFFERS_MB, or a quarter of the host's memory between 256 MB and 8 GB. Postgres maps it at
+    start but touches pages only as it reads them, so an idle or small store costs little of it."""
+    if settings.pg_shared_buffers_mb:
+        return settings.pg_shared_buffers_mb
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    return max(256, min(8192, total_mb // 4))
+
+
 def start(settings: Settings) -> bool:
     """Start the embedded server if it is not running; create the ``memos`` database. True if we started it."""
     if not settings.embedded_db:
@@ -127,8 +136,8 @@ def start(settings: Settings) -> bool:
                 stdout=subprocess.DEVNULL,
             )
         opts = (
-            f"-h 127.0.0.1 -p {settings.pg_port} -k {lay.data_dir} "
-            "-c max_connections=300 -c shared_buffers=256MB -c maintenance_work_mem=256MB"
+            f"-h 127.0.0.1 -p {settings.pg_port} -k {lay.data_dir} -c max_connections=300 "
+            f"-c shared_buffers={shared_buffers_mb(settings)}MB -c maintenance_work_mem=256MB"
         )
         proc = subprocess.run(
             _as_user(
