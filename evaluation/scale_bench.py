@@ -39,8 +39,9 @@ through the indexer worker (timed). Then per shape:
 The plan under test (``memos_pipeline/search/recall.py``): scopes up to ``EXACT_SCOPE_MAX`` rows are ranked
 exactly on the scope index; larger ones walk the HNSW index with ``hnsw.iterative_scan = relaxed_order`` (set on
 every connection, ``storage/db.py``) and ``ef_search`` 16 per candidate asked for (640 at top_k 10; 2 per
-candidate, 80, at the 100k run below), and fall back to the exact ranking when the walk returns too few. So the normal user is always exact, and the heavy user switches
-to HNSW once it holds more than 5,000 rows (between 10k and 100k at 20%).
+candidate, 80, at the 100k run below), and fall back to the exact ranking when the walk returns too few. So the
+normal user is always exact, and the heavy user switches to HNSW once it holds more than 5,000 rows (between 10k
+and 100k at 20%).
 
 What it showed at 100k (2 shared cores, 2026-12-03): the heavy user's dense query does not run the plan recall.py
 chose. psycopg prepares it from its 6th execution on a connection, and Postgres then switches to a generic plan
