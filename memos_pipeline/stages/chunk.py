@@ -74,7 +74,9 @@ def chunk_ingest(
     def write(vectors: np.ndarray, model_version: int | None) -> ChunkResult | None:
         embed_ms = (time.perf_counter() - t_embed) * 1000
         with session_scope(settings) as s:
-            ingest = ingests.get_ingest(s, ingest_id)
+            # Locked before the vectors are written: the storing transaction of a redelivered copy of this task
+            # locks the ingest (mark_stage) and then its memories; the other order here deadlocked with it.
+            ingest = ingests.get_ingest(s, ingest_id, lock=True)
             if ingest is None:
                 return None
             memory_rows.set_raw_vectors(

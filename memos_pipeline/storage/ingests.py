@@ -191,8 +191,13 @@ def _earlier(session: Session, *conds: ColumnElement[bool]) -> Accepted | None:
     return Accepted(row[0], row[1], row[2], duplicate=True, published=row[3] is not None)
 
 
-def get_ingest(session: Session, ingest_id: uuid.UUID) -> Ingest | None:
-    """Workers only: load by id (the id came from our own committed outbox row)."""
+def get_ingest(session: Session, ingest_id: uuid.UUID, *, lock: bool = False) -> Ingest | None:
+    """Workers only: load by id (the id came from our own committed outbox row). ``lock``: row-locked (FOR UPDATE)
+    until the transaction ends, for a transaction that writes the ingest's memories before it marks a stage: taking
+    the ingest first keeps the lock order of every stage transaction (ingest, then its memories), so a redelivered
+    task running beside the original cannot deadlock with it."""
+    if lock:
+        return session.get(Ingest, ingest_id, with_for_update=True, populate_existing=True)
     return session.get(Ingest, ingest_id)
 
 
