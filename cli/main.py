@@ -155,7 +155,10 @@ def db_stop() -> None:
     """Stop the embedded database."""
     from memos_pipeline.storage import pgserver
 
-    click.echo("stopped" if pgserver.stop(get_settings()) else "not running")
+    try:
+        click.echo("stopped" if pgserver.stop(get_settings()) else "not running")
+    except pgserver.PgServerError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @db.command("migrate")

@@ -204,6 +204,11 @@ def stop(settings: Settings) -> bool:
     if not settings.embedded_db or not is_running(settings):
         return False
     lay = layout(settings)
+    if not (lay.data_dir / "postmaster.pid").exists():
+        raise PgServerError(
+            f"port {settings.pg_port} is served by another Postgres, not the one in {lay.data_dir} "
+            "(another checkout's, or the system's): stop it from there, or set MEMOS_PG_PORT"
+        )
     subprocess.run(
         _as_user(lay.os_user, [str(lay.bin_dir / "pg_ctl"), "-D", str(lay.data_dir), "-m", "fast", "-w", "stop"]),
         check=True,
