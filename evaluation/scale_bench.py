@@ -169,8 +169,8 @@ def run_scale_bench(
         # On a shared stack the rows other runs left are not counted: sizes are what this run holds.
         base = load.count_rows(cfg) if on is not None else 0
         try:
-            with tqdm(total=2 * opts.conversations * -(-opts.messages // PER_ADD), desc="measured users: ingests",
-                      disable=bar_off) as bar:  # fmt: skip
+            ingests = 2 * opts.conversations * -(-opts.messages // PER_ADD)
+            with tqdm(total=ingests, desc="measured users: ingests", disable=bar_off) as bar:
                 probes = add_measured(h, opts, bar)
             pool, pool_s = load.embed_pool(cfg, opts.pool)
             definition = load.hnsw_definition(cfg)
