@@ -7,9 +7,7 @@ go to the new generation meanwhile); see ``memos_pipeline.jobs.reindex``.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +17,6 @@ from memos_pipeline.jobs import reindex
 from memos_pipeline.schemas import IndexJob
 from memos_pipeline.search import graph
 from memos_pipeline.stages import index as index_stage
-from memos_pipeline.storage import ingests
 from memos_pipeline.storage import memories as memory_rows
 from memos_pipeline.storage.bm25 import get_index
 from memos_pipeline.storage.db import session_scope
@@ -54,9 +51,12 @@ def upsert_ingest(self: PipelineTask, payload: dict[str, Any]) -> int:
     ingest_id = job.ingest_id
     # Graph edges first: once the indexer stage reads done, the add is searchable with FAST_GRAPH too.
     _link(self, f"ingest {ingest_id}", lambda s: graph.link_ingest(s, ingest_id))
-    n = index_stage.index_ingest(self.settings, get_index(self.settings, writer=True), job.ingest_id)
-    _record_lag(self, job.ingest_id)
-    return n
+    indexed = index_stage.index_ingest(self.settings, get_index(self.settings, writer=True), job.ingest_id)
+    if indexed.accepted_at is not None and indexed.searchable_at is not None:
+        # Accepted -> searchable: once the indexer stage is done the add's raw memories are found by BM25 as well
+        # as by vector (facts from the LLM stages come later, on their own).
+        metrics.ingest_searchable(indexed.accepted_at, indexed.searchable_at)
+    return indexed.documents
 
 
 def _link(task: PipelineTask, what: str, fn: Callable[[Session], int]) -> int:
@@ -73,22 +73,6 @@ def _link(task: PipelineTask, what: str, fn: Callable[[Session], int]) -> int:
     except Exception:
         log.exception("graph edges for %s failed; indexing goes on without them", what)
         return 0
-
-
-def _record_lag(task: PipelineTask, ingest_id: uuid.UUID) -> None:
-    """Accepted -> searchable: once the indexer stage is done the add's raw memories are found by BM25 as well as
-    by vector (facts from the LLM stages come later, on their own). A redelivered, already indexed ingest is
-    observed twice: rare (a crash between the commit and the ack), one slow sample, not worth a read before."""
-    try:
-        with session_scope(task.settings) as s:
-            ingest = ingests.get_ingest(s, ingest_id)
-            stage = ingest.stages.get("indexer", {}) if ingest is not None else {}
-            if ingest is None or stage.get("status") != "done" or "finished_at" not in stage:
-                return
-            accepted_at = ingest.created_at
-        metrics.ingest_searchable(accepted_at, dt.datetime.fromisoformat(stage["finished_at"]))
-    except Exception:  # a metric never fails the task: the ingest is indexed and marked done
-        log.exception("could not record the ingest lag of %s", ingest_id)
 
 
 @app.task(bind=True, base=PipelineTask, name="memos.indexer.upsert", max_retries=MAX_RETRIES, autoretry_for=RETRY_ON)

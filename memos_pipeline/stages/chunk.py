@@ -58,14 +58,15 @@ def chunk_ingest(
     batch and write their vectors."""
     t0 = time.perf_counter()
     with session_scope(settings) as s:
-        ingest = ingests.get_ingest(s, ingest_id)
-        if ingest is None:
+        status = lifecycle.mark_stage(s, ingest_id, "chunker", "running")
+        ingest = ingests.get_ingest(s, ingest_id)  # from the session: mark_stage has just read it, locked
+        if status == "missing" or ingest is None:
             log.warning("ingest %s vanished before chunking; nothing to do", ingest_id)
             return None
-        lifecycle.mark_stage(s, ingest_id, "chunker", "running")
         turns, ctx = ingests.ingest_turns(s, ingest, settings.chunk_overlap)
         windows = window_turns(turns, size=settings.chunk_turns, overlap=settings.chunk_overlap, context=ctx)
         ids = memory_rows.upsert_raw_memories(s, ingest, [_raw_row(w) for w in windows])
+    t_stored = time.perf_counter()
     if on_stored is not None:
         on_stored()
     # Embedding happens outside any transaction: no connection is held while the CPU works.
@@ -90,6 +91,8 @@ def chunk_ingest(
                 "done",
                 windows=len(windows),
                 embed_ms=round(embed_ms, 2),
+                store_ms=round((t_stored - t0) * 1000, 2),
+                on_stored_ms=round((t_embed - t_stored) * 1000, 2),
                 work_ms=round((time.perf_counter() - t0) * 1000, 2),
             )
             after = lifecycle.next_stages(ingest.stages)

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from memos_pipeline.storage.db import content_hash, now
 from memos_pipeline.storage.models import AuditLog, Ingest, Memory, MemoryEdge, Preference
@@ -37,8 +37,18 @@ def insert_memories(
 
 
 def upsert_raw_memories(session: Session, ingest: Ingest, rows: Sequence[dict[str, Any]]) -> list[uuid.UUID]:
-    """Insert raw windows (redelivery-safe, :func:`insert_memories`); the ids of the ingest's windows in order."""
-    insert_memories(session, ingest, rows, "raw", "RawMemory")
+    """Insert raw windows (redelivery-safe, as :func:`insert_memories`); the ids of the ingest's windows in order.
+
+    The first delivery inserts every window and the insert returns their ids: no second round trip. A redelivered
+    task finds some or all stored already (nothing returned for those) and reads the ids back."""
+    if rows:
+        base = {"tenant_id": ingest.tenant_id, "user_id": ingest.user_id, "conversation_id": ingest.conversation_id}
+        base |= {"ingest_id": ingest.id, "kind": "raw", "memory_type": "RawMemory", "status": "activated"}
+        stmt = insert(Memory).values([{**base, **r} for r in rows])
+        stmt = stmt.on_conflict_do_nothing(constraint="uq_memories_ingest_kind_chunk")
+        inserted = session.execute(stmt.returning(Memory.chunk_idx, Memory.id)).all()
+        if len(inserted) == len(rows):
+            return [memory_id for _, memory_id in sorted(inserted)]
     ids = session.execute(
         select(Memory.id).where(Memory.ingest_id == ingest.id, Memory.kind == "raw").order_by(Memory.chunk_idx)
     ).scalars()
@@ -57,8 +67,10 @@ def set_raw_vectors(session: Session, ingest_id: uuid.UUID, vectors: dict[int, l
         session.connection().execute(stmt, [{"idx": i, "vec": v} for i, v in vectors.items()])
 
 
-def memories_of_ingest(session: Session, ingest_id: uuid.UUID) -> list[Memory]:
+def memories_of_ingest(session: Session, ingest_id: uuid.UUID, *, with_vectors: bool = True) -> list[Memory]:
     q = select(Memory).where(Memory.ingest_id == ingest_id).order_by(Memory.kind, Memory.chunk_idx, Memory.created_at)
+    if not with_vectors:
+        q = q.options(defer(Memory.embedding))
     return list(session.execute(q).scalars())
 
 
