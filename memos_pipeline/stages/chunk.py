@@ -58,11 +58,11 @@ def chunk_ingest(
     batch and write their vectors."""
     t0 = time.perf_counter()
     with session_scope(settings) as s:
-        status = lifecycle.mark_stage(s, ingest_id, "chunker", "running")
-        ingest = ingests.get_ingest(s, ingest_id)  # from the session: mark_stage has just read it, locked
-        if status == "missing" or ingest is None:
+        ingest = ingests.get_ingest(s, ingest_id)
+        if ingest is None:
             log.warning("ingest %s vanished before chunking; nothing to do", ingest_id)
             return None
+        lifecycle.mark_stage(s, ingest_id, "chunker", "running")
         turns, ctx = ingests.ingest_turns(s, ingest, settings.chunk_overlap)
         windows = window_turns(turns, size=settings.chunk_turns, overlap=settings.chunk_overlap, context=ctx)
         ids = memory_rows.upsert_raw_memories(s, ingest, [_raw_row(w) for w in windows])

@@ -37,18 +37,8 @@ def insert_memories(
 
 
 def upsert_raw_memories(session: Session, ingest: Ingest, rows: Sequence[dict[str, Any]]) -> list[uuid.UUID]:
-    """Insert raw windows (redelivery-safe, as :func:`insert_memories`); the ids of the ingest's windows in order.
-
-    The first delivery inserts every window and the insert returns their ids: no second round trip. A redelivered
-    task finds some or all stored already (nothing returned for those) and reads the ids back."""
-    if rows:
-        base = {"tenant_id": ingest.tenant_id, "user_id": ingest.user_id, "conversation_id": ingest.conversation_id}
-        base |= {"ingest_id": ingest.id, "kind": "raw", "memory_type": "RawMemory", "status": "activated"}
-        stmt = insert(Memory).values([{**base, **r} for r in rows])
-        stmt = stmt.on_conflict_do_nothing(constraint="uq_memories_ingest_kind_chunk")
-        inserted = session.execute(stmt.returning(Memory.chunk_idx, Memory.id)).all()
-        if len(inserted) == len(rows):
-            return [memory_id for _, memory_id in sorted(inserted)]
+    """Insert raw windows (redelivery-safe, :func:`insert_memories`); the ids of the ingest's windows in order."""
+    insert_memories(session, ingest, rows, "raw", "RawMemory")
     ids = session.execute(
         select(Memory.id).where(Memory.ingest_id == ingest.id, Memory.kind == "raw").order_by(Memory.chunk_idx)
     ).scalars()
