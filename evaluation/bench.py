@@ -278,6 +278,7 @@ def stage_timings(settings: Settings, ingest_ids: list[str]) -> dict[str, Any]:
             "chunker_other",
             "indexer",
             "indexer_bm25",
+            "indexer_batch",
             "accepted_to_indexed",
             "accepted_to_vectors",
             "accepted_to_done",
@@ -293,6 +294,7 @@ def stage_timings(settings: Settings, ingest_ids: list[str]) -> dict[str, Any]:
                 "chunker_other": float(c["ms"]) - float(c["embed_ms"]),
                 "indexer": float(x["ms"]),
                 "indexer_bm25": float(x["bm25_ms"]),
+                "indexer_batch": float(x.get("batch", 1)),  # ingests in its BM25 commit (workers/indexer.py)
                 # The indexer starts once the windows are stored, before their vectors (stages/chunk.py): from
                 # the accept's commit to keyword-searchable, and to searchable by meaning as well.
                 "accepted_to_indexed": (ts(x["finished_at"]) - float(created)) * 1000,

@@ -16,7 +16,10 @@ class QueueSpec:
     does: str
     # Celery pool and default concurrency of this queue's worker (0: as many as the cores). The chunker runs
     # threads, several ingests in flight, whose embedding calls coalesce into one model call (coalesce.py): a
-    # batch across ingests without holding any message back. The indexer is the one BM25 writer: solo. Search,
+    # batch across ingests without holding any message back. The indexer is the one BM25 writer: one task at a time,
+    # on a pool thread so that its consumer keeps taking the next messages meanwhile, which the running upsert
+    # indexes with its own in one BM25 commit (workers/indexer.py; the solo pool takes a message only when the
+    # previous task is over, so there is never a next one to batch with). Search,
     # the LLM stages and the reranker wait on I/O or share the model the same way: threads.
     pool: str
     concurrency: int
@@ -27,7 +30,7 @@ class QueueSpec:
     # batch of window embeddings for the core (CFS gives a nice-0 task ~10x the share of a nice-10 one).
     nice: int = 0
     # Messages a worker holds per concurrency slot (Celery's prefetch multiplier; each is acked only when its task is
-    # done, so a crash redelivers all of them). The solo indexer fetching one at a time sat idle in its event loop
+    # done, so a crash redelivers all of them). The indexer fetching one at a time sat idle in its event loop
     # 57% of a flood's drain with 180 upserts queued (py-spy); holding 16 it stays busy and keeps up.
     prefetch: int = 1
 
@@ -48,7 +51,7 @@ QUEUES: dict[str, QueueSpec] = {
             "preference", "explicit/implicit preference extraction", "threads", 4, embeds=True, core=False, nice=10
         ),
         QueueSpec(
-            "indexer", "BM25 upserts/deletes, graph edges, re-index", "solo", 1, embeds=False, core=True, prefetch=16
+            "indexer", "BM25 upserts/deletes, graph edges, re-index", "threads", 1, embeds=False, core=True, prefetch=16
         ),
         QueueSpec("search", "fast recall and fusion", "threads", 4, embeds=True, core=True),
         QueueSpec("reranker", "rerank candidates", "threads", 4, embeds=False, core=True),

@@ -3,14 +3,24 @@
 The embedded index allows one writer, held by this process for its lifetime: run it with concurrency 1. A re-index
 builds the next generation through the same process (its batch tasks take turns with live upserts, which also
 go to the new generation meanwhile); see ``memos_pipeline.jobs.reindex``.
+
+Batches across ingests: the worker runs one task at a time on a pool thread while its consumer keeps taking the
+next messages (prefetch). An ``upsert_ingest`` indexes its own ingest together with those of the upserts already
+waiting in this process, in one BM25 commit; their own tasks then find them done and return. Nothing is acked
+early: each message is acked when its own task returns, after its ingest was committed by this batch or an earlier
+one, so a crash anywhere redelivers it and the upsert, idempotent, is done again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+from celery.worker import state as worker_state
 from sqlalchemy.orm import Session
 
 from memos_pipeline.jobs import reindex
@@ -48,15 +58,53 @@ def upsert_ingest(self: PipelineTask, payload: dict[str, Any]) -> int:
     job = IndexJob.model_validate(payload)
     if job.ingest_id is None:
         raise ValueError("upsert_ingest needs ingest_id")
-    ingest_id = job.ingest_id
-    # Graph edges first: once the indexer stage reads done, the add is searchable with FAST_GRAPH too.
-    _link(self, f"ingest {ingest_id}", lambda s: graph.link_ingest(s, ingest_id))
-    indexed = index_stage.index_ingest(self.settings, get_index(self.settings, writer=True), job.ingest_id)
-    if indexed.accepted_at is not None and indexed.searchable_at is not None:
-        # Accepted -> searchable: once the indexer stage is done the add's raw memories are found by BM25 as well
-        # as by vector (facts from the LLM stages come later, on their own).
-        metrics.ingest_searchable(indexed.accepted_at, indexed.searchable_at)
-    return indexed.documents
+    if _BATCHED.pop(job.ingest_id, None) is not None:
+        return 0  # indexed, and marked done, with an earlier task's batch while this message waited here
+    batch = [job.ingest_id, *_waiting_ingests(job.ingest_id, BATCH_MAX - 1)]
+    for ingest_id in batch:
+        # Graph edges first: once the indexer stage reads done, the add is searchable with FAST_GRAPH too.
+        _link(self, f"ingest {ingest_id}", functools.partial(graph.link_ingest, ingest_id=ingest_id))
+    done = index_stage.index_ingests(self.settings, get_index(self.settings, writer=True), batch)
+    now = time.monotonic()
+    for ingest_id, indexed in done.items():
+        if ingest_id != job.ingest_id:
+            _BATCHED[ingest_id] = now
+        if indexed.accepted_at is not None and indexed.searchable_at is not None:
+            # Accepted -> searchable: once the indexer stage is done the add's raw memories are found by BM25 as
+            # well as by vector (facts from the LLM stages come later, on their own).
+            metrics.ingest_searchable(indexed.accepted_at, indexed.searchable_at)
+    for ingest_id, at in list(_BATCHED.items()):
+        if now - at > BATCHED_FORGET_S:  # its message never came here (requeued elsewhere): it re-indexes if it does
+            del _BATCHED[ingest_id]
+    return done[job.ingest_id].documents
+
+
+BATCH_MAX = 32  # ingests in one BM25 commit: the indexer's prefetch is 16, so a batch is what this process holds
+BATCHED_FORGET_S = 600.0
+# Ingests indexed with another task's batch whose own message is still to run here, by when (monotonic). A worker
+# restart forgets them: their redelivered messages then index them again, which is idempotent.
+_BATCHED: dict[uuid.UUID, float] = {}
+
+
+def _waiting_ingests(own: uuid.UUID, limit: int) -> list[uuid.UUID]:
+    """The ingests of the ``upsert_ingest`` messages this worker holds and has not started (its prefetch)."""
+    try:
+        waiting = [r for r in list(worker_state.reserved_requests) if r not in worker_state.active_requests]
+    except RuntimeError:  # the consumer thread changed the set while we copied it: no batch this time
+        return []
+    out: list[uuid.UUID] = []
+    for request in waiting:
+        if request.name != upsert_ingest.name or not request.args:
+            continue
+        try:
+            ingest_id = IndexJob.model_validate(request.args[0]).ingest_id
+        except ValueError:  # a malformed message fails in its own task, not in someone else's batch
+            continue
+        if ingest_id is not None and ingest_id != own and ingest_id not in _BATCHED and ingest_id not in out:
+            out.append(ingest_id)
+            if len(out) >= limit:
+                break
+    return out
 
 
 def _link(task: PipelineTask, what: str, fn: Callable[[Session], int]) -> int:

@@ -5,7 +5,7 @@ and the ingest lag are recorded where they happen (``PipelineTask._dead_letter``
 Each worker process serves them over HTTP from ``worker_init`` (``serve``) on ``MEMOS_WORKER_METRICS_PORT`` plus
 its queue's position in ``QUEUES``, so one worker per queue shares a host without a port per process to configure.
 
-The pools we run (solo, threads) execute tasks in the process that serves the metrics. A prefork pool runs them in
+The pool we run (threads) executes tasks in the process that serves the metrics. A prefork pool runs them in
 child processes, whose metrics only reach the endpoint through prometheus_client's multiprocess mode: start such a
 worker with ``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory of its own.
 """

@@ -8,7 +8,11 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from sqlalchemy import select
 
 from memos_pipeline.config import Settings
 from memos_pipeline.ingest import lifecycle
@@ -52,24 +56,46 @@ class Indexed:
 
 
 def index_ingest(settings: Settings, index: Bm25Index, ingest_id: uuid.UUID) -> Indexed:
-    """Bring the BM25 index in line with the memories of one ingest; marks the indexer stage.
+    """Bring the BM25 index in line with the memories of one ingest; marks the indexer stage."""
+    return index_ingests(settings, index, [ingest_id])[ingest_id]
 
-    Two transactions, the least the stage machine allows: mark it running and read the memories (vectors deferred:
-    BM25 needs only the text), then, after the index commit, mark it done. On a 2-core host each extra round trip was
-    milliseconds on the path to searchable (py-spy: the ingest lookups and a separate lag read were a third of the
-    task beside the BM25 commit)."""
+
+def index_ingests(settings: Settings, index: Bm25Index, ingest_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Indexed]:
+    """Index the first ingest and, in the same BM25 commit, those of the others that are free right now: a batch
+    across ingests. Marks the indexer stage of each one indexed; returns what was done for each (the first always).
+
+    The first is waited for (its row may be locked by the chunker writing vectors); another whose row is locked is
+    left to its own task (SKIP LOCKED), so a batch never waits on one. Two transactions for the whole batch: mark
+    running and read the memories (vectors deferred: BM25 needs only the text), then, after the commit, mark done.
+    A tantivy commit costs ~10 ms of CPU across its threads whatever it holds (strace, 12 documents), and it was
+    half of an add's time to searchable: one per batch instead of one per ingest."""
+    first, rest = ingest_ids[0], [i for i in dict.fromkeys(ingest_ids[1:]) if i != ingest_ids[0]]
     with session_scope(settings) as s:
-        if lifecycle.mark_stage(s, ingest_id, "indexer", "running") == "missing":
-            log.warning("ingest %s vanished before indexing", ingest_id)
-            return Indexed(0)
-        memories = memory_rows.memories_of_ingest(s, ingest_id, with_vectors=False)
+        if lifecycle.mark_stage(s, first, "indexer", "running") == "missing":
+            log.warning("ingest %s vanished before indexing", first)
+            return {first: Indexed(0)}
+        taken = [first]
+        if rest:
+            free = s.execute(select(Ingest.id).where(Ingest.id.in_(rest)).with_for_update(skip_locked=True)).scalars()
+            for ingest_id in free:
+                lifecycle.mark_stage(s, ingest_id, "indexer", "running")
+                taken.append(ingest_id)
+        memories = memory_rows.memories_of_ingests(s, taken, with_vectors=False)
     t0 = time.perf_counter()
-    n = index_memories(index, memories)
+    index_memories(index, memories)
     bm25_ms = round((time.perf_counter() - t0) * 1000, 2)
+    live = Counter(m.ingest_id for m in memories if m.status == "activated")
+    out: dict[uuid.UUID, Indexed] = {}
     with session_scope(settings) as s:
-        lifecycle.mark_stage(s, ingest_id, "indexer", "done", documents=n, bm25_ms=bm25_ms)
-        ingest = s.get(Ingest, ingest_id)  # the row mark_stage just locked: no second read
-        stage = ingest.stages.get("indexer", {}) if ingest is not None else {}
-        if ingest is None or "finished_at" not in stage:
-            return Indexed(n)
-        return Indexed(n, ingest.created_at, dt.datetime.fromisoformat(stage["finished_at"]))
+        for ingest_id in taken:
+            lifecycle.mark_stage(
+                s, ingest_id, "indexer", "done", documents=live[ingest_id], bm25_ms=bm25_ms, batch=len(taken)
+            )
+            ingest = s.get(Ingest, ingest_id)  # the row mark_stage just locked: no second read
+            finished = ingest.stages.get("indexer", {}).get("finished_at") if ingest is not None else None
+            out[ingest_id] = (
+                Indexed(live[ingest_id], ingest.created_at, dt.datetime.fromisoformat(finished))
+                if ingest is not None and finished
+                else Indexed(live[ingest_id])
+            )
+    return out

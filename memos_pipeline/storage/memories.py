@@ -57,11 +57,27 @@ def set_raw_vectors(session: Session, ingest_id: uuid.UUID, vectors: dict[int, l
         session.connection().execute(stmt, [{"idx": i, "vec": v} for i, v in vectors.items()])
 
 
-def memories_of_ingest(session: Session, ingest_id: uuid.UUID, *, with_vectors: bool = True) -> list[Memory]:
-    q = select(Memory).where(Memory.ingest_id == ingest_id).order_by(Memory.kind, Memory.chunk_idx, Memory.created_at)
+def memories_of_ingest(session: Session, ingest_id: uuid.UUID) -> list[Memory]:
+    return memories_of_ingests(session, [ingest_id])
+
+
+def memories_of_ingests(
+    session: Session, ingest_ids: Sequence[uuid.UUID], *, with_vectors: bool = True
+) -> list[Memory]:
+    """The memories of these ingests, ingest by ingest in the order given (kind, then window order within one)."""
+    q = (
+        select(Memory)
+        .where(Memory.ingest_id.in_(ingest_ids))
+        .order_by(Memory.kind, Memory.chunk_idx, Memory.created_at)
+    )
     if not with_vectors:
         q = q.options(defer(Memory.embedding))
-    return list(session.execute(q).scalars())
+    rows = list(session.execute(q).scalars())
+    if len(ingest_ids) > 1:
+        rank = {ingest_id: i for i, ingest_id in enumerate(ingest_ids)}
+        # A stable sort: within one ingest the rows keep the order above.
+        rows.sort(key=lambda m: rank[m.ingest_id] if m.ingest_id is not None else len(rank))
+    return rows
 
 
 def memories_by_ids(session: Session, ids: Sequence[uuid.UUID]) -> list[Memory]:
