@@ -24,6 +24,8 @@ MAX_RETRIES = settings.task_max_retries
 @worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     declare_topology(app)
+    # Tasks may ask how many run at once here (the indexer batches only when it runs one at a time).
+    app.conf.memos_worker_concurrency = getattr(sender, "concurrency", None)
     consumed = set(app.amqp.queues.consume_from or app.amqp.queues)
     pool = getattr(sender, "pool_cls", None)
     pool_name = f"{getattr(pool, '__module__', '')}.{getattr(pool, '__name__', pool)}"

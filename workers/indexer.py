@@ -60,7 +60,10 @@ def upsert_ingest(self: PipelineTask, payload: dict[str, Any]) -> int:
         raise ValueError("upsert_ingest needs ingest_id")
     if _BATCHED.pop(job.ingest_id, None) is not None:
         return 0  # indexed, and marked done, with an earlier task's batch while this message waited here
-    batch = [job.ingest_id, *_waiting_ingests(job.ingest_id, BATCH_MAX - 1)]
+    # Only a worker running one task at a time batches: with several, another thread could be running the task of
+    # an ingest taken into this batch, and the bookkeeping below would then skip a later message for it.
+    alone = self.app.conf.get("memos_worker_concurrency") == 1
+    batch = [job.ingest_id, *(_waiting_ingests(job.ingest_id, BATCH_MAX - 1) if alone else [])]
     for ingest_id in batch:
         # Graph edges first: once the indexer stage reads done, the add is searchable with FAST_GRAPH too.
         _link(self, f"ingest {ingest_id}", functools.partial(graph.link_ingest, ingest_id=ingest_id))
