@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 
 from memos_pipeline.config import Settings
+from memos_pipeline.ingest import lifecycle
+from memos_pipeline.schemas import AddRequest
+from memos_pipeline.stages import chunk as chunk_stage
+from memos_pipeline.storage import ingests
 from memos_pipeline.storage.db import content_hash, session_scope
 from memos_pipeline.storage.models import Memory
 
@@ -54,3 +58,26 @@ def insert_fact(settings: Settings, tenant_id: uuid.UUID, user_id: str, text: st
             )
         )
     return memory_id
+
+
+class HashEmbedder:
+    """Deterministic unit vectors (per text, within a run): for tests whose property must not depend on what the
+    model ranks."""
+
+    name, dim = "hash", 384
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.stack([np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(self.dim) for t in texts])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def stored_add(settings: Settings, tenant_id: uuid.UUID, req: AddRequest, trace_id: str) -> ingests.Accepted:
+    """An add accepted (no LLM stages) and chunked with :class:`HashEmbedder`: its windows stored with vectors,
+    waiting for the indexer."""
+    stages = lifecycle.initial_stages(llm=False, scheduler=False, preference=False)
+    with session_scope(settings) as s:
+        acc = ingests.accept_ingest(
+            s, tenant_id, req, trace_id=trace_id, stages=stages, task_name="memos.chunker.chunk"
+        )
+    chunk_stage.chunk_ingest(settings, HashEmbedder(), acc.ingest_id)
+    return acc

@@ -64,7 +64,7 @@ def memories_of_ingest(session: Session, ingest_id: uuid.UUID) -> list[Memory]:
 def memories_of_ingests(
     session: Session, ingest_ids: Sequence[uuid.UUID], *, with_vectors: bool = True
 ) -> list[Memory]:
-    """The memories of these ingests, ingest by ingest in the order given (kind, then window order within one)."""
+    """The memories of these ingests, by kind, then window order."""
     q = (
         select(Memory)
         .where(Memory.ingest_id.in_(ingest_ids))
@@ -72,12 +72,7 @@ def memories_of_ingests(
     )
     if not with_vectors:
         q = q.options(defer(Memory.embedding))
-    rows = list(session.execute(q).scalars())
-    if len(ingest_ids) > 1:
-        rank = {ingest_id: i for i, ingest_id in enumerate(ingest_ids)}
-        # A stable sort: within one ingest the rows keep the order above.
-        rows.sort(key=lambda m: rank[m.ingest_id] if m.ingest_id is not None else len(rank))
-    return rows
+    return list(session.execute(q).scalars())
 
 
 def memories_by_ids(session: Session, ids: Sequence[uuid.UUID]) -> list[Memory]:

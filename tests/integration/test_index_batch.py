@@ -10,14 +10,12 @@ import threading
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import stored_add
 from sqlalchemy import select
 
 from memos_pipeline.config import Settings
-from memos_pipeline.ingest import lifecycle
 from memos_pipeline.schemas import AddRequest
-from memos_pipeline.stages import chunk as chunk_stage
 from memos_pipeline.stages import index as index_stage
 from memos_pipeline.storage import ingests, tenants
 from memos_pipeline.storage.bm25 import Bm25Query
@@ -27,16 +25,6 @@ from memos_pipeline.storage.models import Ingest
 from memos_pipeline.text.tokenizer import analyzed
 
 pytestmark = pytest.mark.integration
-
-
-class UnitEmbedder:
-    """Deterministic unit vectors: what BM25 indexes does not depend on the model."""
-
-    name, dim = "unit", 384
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.stack([np.random.default_rng(len(t)).standard_normal(self.dim) for t in texts])
-        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
 @pytest.fixture()
@@ -61,11 +49,7 @@ def stored_ingest(settings: Settings, tenant_id: uuid.UUID, user: str, word: str
             {"role": "assistant", "content": "I will remember it"},
         ],
     )
-    stages = lifecycle.initial_stages(llm=False, scheduler=False, preference=False)
-    with session_scope(settings) as s:
-        acc = ingests.accept_ingest(s, tenant_id, req, trace_id="batch", stages=stages, task_name="memos.chunker.chunk")
-    chunk_stage.chunk_ingest(settings, UnitEmbedder(), acc.ingest_id)
-    return acc.ingest_id
+    return stored_add(settings, tenant_id, req, trace_id="batch").ingest_id
 
 
 def indexer_stage(settings: Settings, ingest_id: uuid.UUID) -> dict[str, object]:

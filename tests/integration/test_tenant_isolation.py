@@ -13,20 +13,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from helpers import HashEmbedder, stored_add
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from memos_pipeline.config import Settings
-from memos_pipeline.ingest import lifecycle
 from memos_pipeline.schemas import AddRequest, SearchJob
 from memos_pipeline.search.recall import fast_search
-from memos_pipeline.stages import chunk as pipeline
 from memos_pipeline.stages import index as index_stage
-from memos_pipeline.storage import ingests, memories, tenants
+from memos_pipeline.storage import memories, tenants
 from memos_pipeline.storage.bm25.tantivy_index import TantivyIndex
 from memos_pipeline.storage.db import session_scope
 
@@ -34,16 +32,6 @@ pytestmark = pytest.mark.integration
 
 INJECTIONS = ["' OR '1'='1", "u1' --", "*", "%", "_", "tenant:*", '" OR ""="', "u1\\", "$where: 1", "id:*"]
 USERS = ["u1", "u2", "shared"]
-
-
-class HashEmbedder:
-    """Deterministic unit vectors: the isolation property must not depend on what the model ranks."""
-
-    name, dim = "hash", 384
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.stack([np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(self.dim) for t in texts])
-        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
 @dataclass
@@ -61,7 +49,6 @@ def index(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Tanti
 @pytest.fixture(scope="module")
 def world(settings: Settings, index: TantivyIndex) -> Iterator[World]:
     w = World()
-    emb = HashEmbedder()
     for t in range(4):
         with session_scope(settings) as s:
             tenant_id, key = tenants.create_api_key(s, f"iso-{uuid.uuid4().hex[:8]}-{t}")
@@ -75,13 +62,8 @@ def world(settings: Settings, index: TantivyIndex) -> Iterator[World]:
                     {"role": "assistant", "content": "noted"},
                 ],
             )
-            stages = lifecycle.initial_stages(llm=False, scheduler=False, preference=False)
-            with session_scope(settings) as s:
-                acc = ingests.accept_ingest(
-                    s, tenant_id, req, trace_id="iso", stages=stages, task_name="memos.chunker.chunk"
-                )
+            acc = stored_add(settings, tenant_id, req, trace_id="iso")
             w.tasks[tenant_id].append(acc.task_id)
-            pipeline.chunk_ingest(settings, emb, acc.ingest_id)
             index_stage.index_ingest(settings, index, acc.ingest_id)
             with session_scope(settings) as s:
                 w.memories[tenant_id] |= {str(m.id) for m in memories.memories_of_ingest(s, acc.ingest_id)}
