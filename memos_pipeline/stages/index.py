@@ -62,7 +62,8 @@ def index_ingest(settings: Settings, index: Bm25Index, ingest_id: uuid.UUID) -> 
 
 def index_ingests(settings: Settings, index: Bm25Index, ingest_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Indexed]:
     """Index the first ingest and, in the same BM25 commit, those of the others that are free right now: a batch
-    across ingests. Marks the indexer stage of each one indexed; returns what was done for each (the first always).
+    across ingests. Marks the indexer stage of each one indexed; returns what was done for each, in the order given
+    (the first always).
 
     The first is waited for (its row may be locked by the chunker writing vectors); another whose row is locked is
     left to its own task (SKIP LOCKED), so a batch never waits on one. Two transactions for the whole batch: mark
@@ -76,8 +77,9 @@ def index_ingests(settings: Settings, index: Bm25Index, ingest_ids: Sequence[uui
             return {first: Indexed(0)}
         taken = [first]
         if rest:
-            free = s.execute(select(Ingest.id).where(Ingest.id.in_(rest)).with_for_update(skip_locked=True)).scalars()
-            for ingest_id in free:
+            lock = select(Ingest.id).where(Ingest.id.in_(rest)).with_for_update(skip_locked=True)
+            free = set(s.execute(lock).scalars())
+            for ingest_id in (i for i in rest if i in free):  # in the order given, not the order Postgres found them
                 lifecycle.mark_stage(s, ingest_id, "indexer", "running")
                 taken.append(ingest_id)
         memories = memory_rows.memories_of_ingests(s, taken, with_vectors=False)
